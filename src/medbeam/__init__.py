@@ -1,0 +1,3 @@
+"""medbeam: Apache Beam pipelines for medical imaging data."""
+
+__version__ = "0.1.0"
