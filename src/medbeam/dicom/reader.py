@@ -1,0 +1,55 @@
+"""Recognise and read DICOM files by content, whatever their name."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from typing import BinaryIO
+
+import pydicom
+from pydicom.dataset import FileDataset
+from pydicom.errors import InvalidDicomError
+
+#: Values larger than this stay on disk until asked for: a header read never loads pixel data.
+DEFER_SIZE = 4096
+_KNOWN_FIRST_GROUPS = {0x0002, 0x0008}
+
+
+class NotDicomError(ValueError):
+    """The bytes are neither a DICOM file (preamble + 'DICM') nor a bare DICOM dataset."""
+
+
+def has_dicm_prefix(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def looks_like_bare_dataset(head: bytes) -> bool:
+    """A dataset written without preamble starts with a group 0002 or 0008 tag, little or big endian."""
+    if len(head) < 8:
+        return False
+    group_le, element_le = struct.unpack("<HH", head[:4])
+    group_be, element_be = struct.unpack(">HH", head[:4])
+    return (group_le in _KNOWN_FIRST_GROUPS and element_le < 0x0100) or (
+        group_be in _KNOWN_FIRST_GROUPS and element_be < 0x0100
+    )
+
+
+def read_dataset(fp: BinaryIO, *, defer_size: int | None = DEFER_SIZE) -> FileDataset:
+    """Read a DICOM file from an open binary stream; raise NotDicomError for anything else.
+
+    With the default `defer_size`, large values (pixel data) are not read: the stream must stay open
+    while such a value is used.
+    """
+    head = fp.read(132)
+    fp.seek(0)
+    if not has_dicm_prefix(head) and not looks_like_bare_dataset(head):
+        raise NotDicomError("no 'DICM' prefix at byte 128 and no DICOM tag at byte 0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(fp, defer_size=defer_size, force=not has_dicm_prefix(head))
+        except InvalidDicomError as exc:
+            raise NotDicomError(str(exc)) from exc
+    if not any(tag.group > 0x0002 for tag in ds.keys()):
+        raise NotDicomError("the file parses, but holds no DICOM attribute outside the file meta group")
+    return ds

@@ -1,0 +1,224 @@
+"""DICOM → row: one column per keyword, typed from the VR, as the Healthcare API's BigQuery export."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pydicom
+import pytest
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
+
+from medbeam.dicom.metadata import (
+    OTHER_ELEMENT_TYPE,
+    PERSON_NAME_TYPE,
+    instance_row,
+    merge_column_types,
+    table_schema,
+)
+from medbeam.dicom.reader import NotDicomError, read_dataset
+from medbeam.io.tables import bigquery_schema
+
+TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def _roundtrip(ds: Dataset) -> Dataset:
+    """Write and re-read, so values arrive raw from bytes as they do from real files."""
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return read_dataset(buffer)
+
+
+def _put_raw(ds: Dataset, tag: int, vr: str, text: str) -> None:
+    """Store bytes as a file would carry them, bypassing pydicom's value checks (to test bad values)."""
+    value = text.encode("latin-1")
+    if len(value) % 2:
+        value += b" "
+    ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def _row(ds: Dataset):
+    return instance_row(_roundtrip(ds), path="mem://x.dcm", file_size=123)
+
+
+def test_scalar_types_follow_the_vr():
+    ds = Dataset()
+    ds.PatientID = "P1"  # LO
+    ds.StudyDate = "20240229"  # DA
+    ds.StudyTime = "101502.25"  # TM
+    ds.AcquisitionDateTime = "20240229101502.5+0100"  # DT
+    ds.SeriesNumber = "7"  # IS
+    ds.SliceThickness = "2.5"  # DS
+    ds.Rows = 512  # US
+    ds.PixelSpacing = ["0.5", "0.25"]  # DS, VM 2
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]  # CS, VM 2-n
+    ds.SOPInstanceUID = "1.2.3.4"
+    row = _row(ds)
+    v, t = row.values, row.types
+    assert v["path"] == "mem://x.dcm" and v["file_size"] == 123
+    assert v["TransferSyntaxUID"] == ExplicitVRLittleEndian
+    assert (v["PatientID"], t["PatientID"]) == ("P1", pa.string())
+    assert (v["StudyDate"], t["StudyDate"]) == (dt.date(2024, 2, 29), pa.date32())
+    assert (v["StudyTime"], t["StudyTime"]) == (dt.time(10, 15, 2, 250000), pa.time64("us"))
+    assert v["AcquisitionDateTime"] == dt.datetime(2024, 2, 29, 9, 15, 2, 500000, tzinfo=dt.timezone.utc)
+    assert t["AcquisitionDateTime"] == pa.timestamp("us", tz="UTC")
+    assert (v["SeriesNumber"], t["SeriesNumber"]) == (7, pa.int64())
+    assert (v["SliceThickness"], t["SliceThickness"]) == (2.5, pa.float64())
+    assert (v["Rows"], t["Rows"]) == (512, pa.int64())
+    assert (v["PixelSpacing"], t["PixelSpacing"]) == ([0.5, 0.25], pa.list_(pa.float64()))
+    assert (v["ImageType"], t["ImageType"]) == (["ORIGINAL", "PRIMARY"], pa.list_(pa.string()))
+    assert not row.value_errors
+
+
+def test_single_value_in_a_multi_valued_attribute_is_still_a_list():
+    ds = Dataset()
+    ds.ImageType = "DERIVED"
+    assert _row(ds).values["ImageType"] == ["DERIVED"]
+
+
+def test_person_name_is_a_struct_of_its_three_groups():
+    ds = Dataset()
+    ds.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    ds.PatientName = pydicom.valuerep.PersonName.from_named_components(
+        family_name="Yamada", given_name="Tarou",
+        family_name_ideographic="山田", given_name_ideographic="太郎",
+        family_name_phonetic="やまだ", given_name_phonetic="たろう",
+        encodings=["iso8859", "iso2022_jp"],
+    )
+    ds.OperatorsName = ["Smith^John", "Doe^Jane"]  # PN, VM 1-n
+    row = _row(ds)
+    assert row.types["PatientName"] == PERSON_NAME_TYPE
+    assert row.values["PatientName"] == {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    assert row.types["OperatorsName"] == pa.list_(PERSON_NAME_TYPE)
+    assert [n["Alphabetic"] for n in row.values["OperatorsName"]] == ["Smith^John", "Doe^Jane"]
+
+
+def test_sequences_become_lists_of_structs_recursively():
+    inner = Dataset()
+    inner.CodeValue = "T-D4000"
+    inner.CodeMeaning = "Abdomen"
+    item = Dataset()
+    item.ReferencedSOPInstanceUID = "1.2.3"
+    item.ReferencedFrameNumber = ["1", "2"]  # IS, VM 1-n
+    item.AnatomicRegionSequence = Sequence([inner])
+    ds = Dataset()
+    ds.ReferencedImageSequence = Sequence([item, Dataset()])
+    row = _row(ds)
+    seq_type = row.types["ReferencedImageSequence"]
+    assert pa.types.is_list(seq_type) and pa.types.is_struct(seq_type.value_type)
+    first = row.values["ReferencedImageSequence"][0]
+    assert first["ReferencedSOPInstanceUID"] == "1.2.3"
+    assert first["ReferencedFrameNumber"] == [1, 2]
+    assert first["AnatomicRegionSequence"] == [{"CodeValue": "T-D4000", "CodeMeaning": "Abdomen"}]
+    # The table keeps both items; Arrow accepts the rows under the merged schema.
+    table = pa.Table.from_pylist([row.values], schema=table_schema(row.types))
+    assert table.column("ReferencedImageSequence").to_pylist()[0][1]["ReferencedSOPInstanceUID"] is None
+
+
+def test_bad_values_keep_their_raw_text_and_never_fail_the_row():
+    ds = Dataset()
+    ds.PatientID = "kept"
+    _put_raw(ds, 0x00080020, "DA", "20231345")  # StudyDate: month 13
+    _put_raw(ds, 0x00180050, "DS", "abc")  # SliceThickness
+    _put_raw(ds, 0x00200011, "IS", "1.5")  # SeriesNumber: not an integer
+    row = _row(ds)
+    assert row.values["PatientID"] == "kept"
+    for name in ("StudyDate", "SliceThickness", "SeriesNumber"):
+        assert row.values[name] is None
+    errors = {e["Path"]: e for e in row.values["value_errors"]}
+    assert errors["StudyDate"]["RawValue"] == "20231345" and errors["StudyDate"]["VR"] == "DA"
+    assert errors["SliceThickness"]["RawValue"] == "abc"
+    assert errors["SeriesNumber"]["RawValue"] == "1.5"
+    assert all(e["Error"] for e in errors.values())
+
+
+def test_acr_nema_time_with_colons_is_accepted():
+    ds = Dataset()
+    _put_raw(ds, 0x00080030, "TM", "11:20:00")
+    assert _row(ds).values["StudyTime"] == dt.time(11, 20)
+
+
+def test_private_elements_go_to_other_elements_and_bulk_data_is_left_out():
+    ds = Dataset()
+    ds.add_new(0x00090010, "LO", "ACME 1.0")  # private creator
+    ds.add_new(0x00091001, "LO", "secret sauce")
+    ds.add_new(0x00091002, "OB", b"\x01\x02")
+    ds.add_new(0x00091003, "OB", b"\x00" * 5000)  # private bulk: tag kept, data not
+    ds.add_new(0x00281201, "OW", b"\x00\x01" * 4096)  # RedPaletteColorLookupTableData: bulk
+    ds.add_new(0x00189989, "OB", b"\x05\x06")  # small public binary
+    row = _row(ds)
+    others = {o["Tag"]: o for o in row.values["OtherElements"]}
+    assert row.types["OtherElements"] == pa.list_(OTHER_ELEMENT_TYPE)
+    assert others["00091001"] == {"Tag": "00091001", "VR": "LO", "Data": ["secret sauce"]}
+    assert others["00091002"]["Data"] == ["AQI="]
+    assert others["00091003"]["Data"] is None
+    assert "RedPaletteColorLookupTableData" not in row.values
+    assert "PixelData" not in row.types
+
+
+def test_heterogeneous_rows_union_into_one_schema_in_tag_order():
+    a = Dataset()
+    a.PatientID = "A"
+    a.ReferencedImageSequence = Sequence([Dataset()])
+    a.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2"
+    b = Dataset()
+    b.Modality = "CT"
+    b.ReferencedImageSequence = Sequence([Dataset()])
+    b.ReferencedImageSequence[0].ReferencedFrameNumber = "3"
+    ra, rb = _row(a), _row(b)
+    schema = table_schema(merge_column_types(ra.types, rb.types))
+    names = schema.names
+    assert names[:3] == ["path", "file_size", "TransferSyntaxUID"]
+    assert names.index("Modality") < names.index("ReferencedImageSequence") < names.index("PatientID")
+    assert names[-2:] == ["OtherElements", "value_errors"]
+    item_fields = [f.name for f in schema.field("ReferencedImageSequence").type.value_type]
+    assert item_fields == ["ReferencedSOPInstanceUID", "ReferencedFrameNumber"]
+    table = pa.Table.from_pylist([ra.values, rb.values], schema=schema)
+    assert table.num_rows == 2
+    # merging in the other order gives the same schema (runners combine in any order)
+    assert table_schema(merge_column_types(rb.types, ra.types)) == schema
+
+
+def test_bigquery_schema_uses_the_same_type_mapping():
+    ds = Dataset()
+    ds.PatientName = "Doe^John"
+    ds.StudyDate = "20240101"
+    ds.PixelSpacing = ["1", "1"]
+    ds.ReferencedImageSequence = Sequence([Dataset()])
+    ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID = "1.2"
+    fields = {f["name"]: f for f in bigquery_schema(table_schema(_row(ds).types))}
+    assert fields["PatientName"]["type"] == "RECORD"
+    assert [f["name"] for f in fields["PatientName"]["fields"]] == ["Alphabetic", "Ideographic", "Phonetic"]
+    assert fields["StudyDate"] == {"name": "StudyDate", "mode": "NULLABLE", "type": "DATE"}
+    assert fields["PixelSpacing"] == {"name": "PixelSpacing", "mode": "REPEATED", "type": "FLOAT"}
+    assert fields["ReferencedImageSequence"]["mode"] == "REPEATED"
+    assert fields["file_size"]["type"] == "INTEGER"
+    assert fields["value_errors"]["mode"] == "REPEATED"
+
+
+@pytest.mark.parametrize(
+    "name", ["CT_small.dcm", "rtplan.dcm", "test-SR.dcm", "ExplVR_BigEndNoMeta.dcm", "ExplVR_LitEndNoMeta.dcm"]
+)
+def test_real_files_are_read_by_content(name):
+    with open(TEST_FILES / name, "rb") as fp:
+        ds = read_dataset(fp)
+        row = instance_row(ds, path=name, file_size=0)
+    assert row.values["SOPInstanceUID"] or row.values.get("SOPClassUID")
+
+
+def test_non_dicom_bytes_are_refused_clearly():
+    with pytest.raises(NotDicomError, match="DICM"):
+        read_dataset(io.BytesIO(b"hello, this is not an image" * 10))
+    with pytest.raises(NotDicomError):
+        read_dataset(io.BytesIO(b""))
