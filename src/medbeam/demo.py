@@ -1,0 +1,81 @@
+"""`make demo`: export a real, varied DICOM corpus that ships on PyPI, then summarise it from DuckDB.
+
+The corpus is read straight from the installed packages' folders; pydicom's data manager is never
+called, because it would try to download missing files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import typer
+
+
+def demo_corpus_dirs() -> list[Path]:
+    """pydicom's own test files (incl. charset files) and the PyPI `pydicom-data` files."""
+    import pydicom
+
+    dirs = [
+        Path(pydicom.__file__).parent / "data" / "test_files",
+        Path(pydicom.__file__).parent / "data" / "charset_files",
+    ]
+    try:
+        import data_store  # the import name of PyPI's pydicom-data
+
+        dirs.append(Path(data_store.__file__).parent / "data")
+    except ImportError:
+        typer.secho("pydicom-data is not installed: using pydicom's test files only", err=True)
+    return [d for d in dirs if d.is_dir()]
+
+
+def run_demo(out: Path, progress: bool = True) -> None:
+    from medbeam.pipelines.dicom_export import ExportConfig, run
+
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = [str(d) for d in demo_corpus_dirs()]
+    config = ExportConfig(
+        inputs=inputs,
+        png_dir=str(out / "png"),
+        duckdb_path=str(out / "medbeam.duckdb"),
+        progress=progress,
+    )
+    typer.echo("exporting " + ", ".join(inputs))
+    counts = run(config)
+    typer.echo("")
+    typer.echo(counts.summary())
+    with duckdb.connect(config.duckdb_path, read_only=True) as con:
+        _print_query(
+            con,
+            "Instances per modality",
+            """SELECT coalesce(Modality, '(none)') AS modality, count(*) AS instances,
+                      count(DISTINCT TransferSyntaxUID) AS transfer_syntaxes
+               FROM dicom_metadata GROUP BY 1 ORDER BY 2 DESC, 1""",
+        )
+        _print_query(
+            con,
+            "Rejects by stage and reason",
+            """SELECT stage, error_type, count(*) AS files, min(regexp_replace(message, '/[^ ]*/', '')) AS example
+               FROM rejects GROUP BY 1, 2 ORDER BY 1, 3 DESC""",
+        )
+        _print_query(
+            con,
+            "Values kept raw because they do not parse for their VR",
+            """SELECT e.VR, count(*) AS values, min(e.Path) AS example
+               FROM (SELECT unnest(value_errors) AS e FROM dicom_metadata) GROUP BY 1 ORDER BY 2 DESC""",
+        )
+    png_count = sum(1 for _ in (out / "png").rglob("*.png")) if (out / "png").exists() else 0
+    typer.echo(f"\n{png_count} PNG files under {out / 'png'}/{{study}}/{{series}}/{{instance}}.png")
+    typer.echo(f"DuckDB: {config.duckdb_path} — try: duckdb {config.duckdb_path} \"SELECT * FROM rejects\"")
+
+
+def _print_query(con: duckdb.DuckDBPyConnection, title: str, sql: str) -> None:
+    typer.echo(f"\n{title}:")
+    result = con.sql(sql)
+    widths = [len(c) for c in result.columns]
+    rows = [[("" if v is None else str(v))[:70] for v in row] for row in result.fetchall()]
+    for row in rows:
+        widths = [max(w, len(v)) for w, v in zip(widths, row)]
+    typer.echo("  " + "  ".join(c.ljust(w) for c, w in zip(result.columns, widths)))
+    for row in rows:
+        typer.echo("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)))

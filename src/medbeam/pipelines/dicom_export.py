@@ -1,0 +1,204 @@
+"""DICOM files → metadata table (Parquet, DuckDB, BigQuery schema) + rendered PNGs + rejects.
+
+    match files → reshuffle → parse headers ─┬─ rows ──────────────┐
+                                             ├─ column types → schema ─→ WriteTable(dicom_metadata)
+                                             ├─ render candidates → group by output path → choose → render PNGs
+                                             └─ rejects (+ duplicates, pixel errors) → WriteTable(rejects)
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystem import FileMetadata
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.io.filesystems import FileSystems
+
+from medbeam.dicom.render import RenderOptions
+from medbeam.io import files, tables
+from medbeam.transforms.dicom import (
+    DUPLICATES,
+    IMAGES,
+    NAMESPACE,
+    REJECTS,
+    TYPES,
+    ChooseRenderSourceFn,
+    MergeSchemaFn,
+    ParseDicomFn,
+    RenderPngFn,
+)
+from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
+
+METADATA_TABLE = "dicom_metadata"
+#: Local runs with at least this many files use every core (DirectRunner multi_processing).
+AUTO_PARALLEL_MIN_FILES = 200
+
+
+@dataclass
+class ExportConfig:
+    """Everything `medbeam dicom export` takes; usable from Python as a library call."""
+
+    inputs: list[str]
+    png_dir: str | None = None
+    parquet_dir: str | None = None
+    duckdb_path: str | None = None
+    render: RenderOptions = field(default_factory=RenderOptions)
+    rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("give at least one input pattern")
+        if self.parquet_dir is None and self.duckdb_path is not None:
+            self.parquet_dir = default_parquet_dir(self.duckdb_path)
+        if self.parquet_dir is None:
+            raise ValueError("give --parquet-dir or --duckdb: the metadata and rejects tables need a home")
+        if self.duckdb_path is not None and files.has_scheme(self.duckdb_path):
+            raise ValueError("--duckdb must be a local file; use --parquet-dir for gs:// or s3:// tables")
+        if self.rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be at least 1")
+
+
+def default_parquet_dir(duckdb_path: str) -> str:
+    """`out/medbeam.duckdb` keeps its Parquet shards in `out/medbeam_parquet/`."""
+    path = Path(duckdb_path)
+    return str(path.with_name(path.stem + "_parquet"))
+
+
+@dataclass
+class ExportCounts:
+    files_in: int = 0
+    instances: int = 0
+    rejected_files: int = 0
+    pngs: int = 0
+    rendered_instances: int = 0
+    pixel_errors: int = 0
+    duplicates: int = 0
+
+    def summary(self) -> str:
+        line = (
+            f"{self.files_in} files in, {self.instances} instances written, {self.pngs} PNGs, "
+            f"{self.rejected_files} rejected"
+        )
+        extras = []
+        if self.pixel_errors:
+            extras.append(f"{self.pixel_errors} with undecodable pixels (row kept)")
+        if self.duplicates:
+            extras.append(f"{self.duplicates} duplicate copies not rendered")
+        return line + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def build(
+    p: beam.Pipeline,
+    config: ExportConfig,
+    *,
+    parse_ticker: ProgressTicker | None = None,
+    render_ticker: ProgressTicker | None = None,
+) -> None:
+    """Wire the export into `p`."""
+    patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+    matched = (
+        p
+        | "Patterns" >> beam.Create(patterns)
+        | "Match" >> fileio.MatchAll()
+        | "Files only" >> beam.FlatMap(_path_and_size)
+        | "Distinct" >> beam.Distinct()  # overlapping patterns must not duplicate rows
+        | "Spread files" >> beam.Reshuffle()
+    )
+    parsed = matched | "Parse headers" >> beam.ParDo(
+        ParseDicomFn(config.png_dir is not None, parse_ticker or ProgressTicker(None))
+    ).with_outputs(TYPES, IMAGES, REJECTS, main="rows")
+
+    schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(MergeSchemaFn())
+    parsed.rows | "Write metadata" >> tables.WriteTable(
+        config.parquet_dir, METADATA_TABLE, schema, ("path",), config.rows_per_shard
+    )
+
+    rejects = [parsed[REJECTS]]
+    if config.png_dir is not None:
+        chosen = (
+            parsed[IMAGES]
+            | "By output path" >> beam.GroupByKey()
+            | "Choose source" >> beam.ParDo(ChooseRenderSourceFn()).with_outputs(DUPLICATES, main="chosen")
+        )
+        rendered = (
+            chosen.chosen
+            | "Spread renders" >> beam.Reshuffle()
+            | "Render PNGs" >> beam.ParDo(
+                RenderPngFn(config.png_dir, config.render, render_ticker or ProgressTicker(None))
+            ).with_outputs(REJECTS, main="pngs")
+        )
+        rejects += [chosen[DUPLICATES], rendered[REJECTS]]
+    (
+        rejects
+        | "All rejects" >> beam.Flatten()
+        | "Write rejects" >> tables.WriteTable(
+            config.parquet_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard
+        )
+    )
+
+
+def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
+    if not match.path.endswith("/"):
+        yield match.path, match.size_in_bytes
+
+
+def _is_local_runner(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or "direct" in str(runner).lower() or "prism" in str(runner).lower()
+
+
+def _use_all_cores(beam_args: list[str], file_count: int) -> list[str]:
+    """Large local inputs get every core unless the user chose the DirectRunner's mode or workers."""
+    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args)
+    cores = os.cpu_count() or 1
+    if chosen or cores < 2 or file_count < AUTO_PARALLEL_MIN_FILES:
+        return beam_args
+    return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
+
+
+def _counts_from(result: beam.runners.runner.PipelineResult) -> ExportCounts:
+    counts = ExportCounts()
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        if hasattr(counts, name):
+            value = counter.committed if counter.committed is not None else counter.attempted
+            setattr(counts, name, getattr(counts, name) + int(value or 0))
+    return counts
+
+
+def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCounts:
+    """Run the export to completion, load DuckDB if asked, and return the reconciled counts."""
+    beam_args = list(beam_args or [])
+    options = PipelineOptions(beam_args)
+    FileSystems.set_options(options)
+    local = _is_local_runner(options)
+    total = None
+    if local:
+        total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
+        options = PipelineOptions(_use_all_cores(beam_args, total))
+    with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
+        stages = {"headers": total} if config.png_dir is None else {"headers": total, "rendered": None}
+        with ProgressMonitor(progress_dir, stages, enabled=config.progress and local) as monitor:
+            pipeline = beam.Pipeline(options=options)
+            build(
+                pipeline,
+                config,
+                parse_ticker=monitor.ticker("headers"),
+                render_ticker=monitor.ticker("rendered") if config.png_dir else None,
+            )
+            result = pipeline.run()
+            result.wait_until_finish()
+    counts = _counts_from(result)
+    if config.duckdb_path is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(config.duckdb_path)), exist_ok=True)
+        tables.load_into_duckdb(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])
+    return counts
