@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -29,7 +30,11 @@ from medbeam.transforms.dicom import (
     REJECTS,
     TYPES,
     ChooseRenderSourceFn,
+    DicomwebOpener,
+    EnumerateStoreFn,
+    FileOpener,
     MergeSchemaFn,
+    Renderer,
     ParseDicomFn,
     RenderPngFn,
 )
@@ -45,17 +50,23 @@ AUTO_PARALLEL_MIN_FILES = 200
 class ExportConfig:
     """Everything `medbeam dicom export` takes; usable from Python as a library call."""
 
-    inputs: list[str]
+    inputs: list[str] = field(default_factory=list)
     png_dir: str | None = None
     parquet_dir: str | None = None
     duckdb_path: str | None = None
     render: RenderOptions = field(default_factory=RenderOptions)
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
+    #: Export from a DICOM store instead of files: a medbeam.io.dicomweb.DicomwebSettings.
+    dicomweb: Any = None
+    #: With `dicomweb`: only these StudyInstanceUIDs.
+    studies: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if not self.inputs:
-            raise ValueError("give at least one input pattern")
+        if bool(self.inputs) == (self.dicomweb is not None):
+            raise ValueError("give input patterns or a DICOMweb store, exactly one of the two")
+        if self.studies and self.dicomweb is None:
+            raise ValueError("--study filters a DICOMweb export; it needs --dicomweb")
         if self.parquet_dir is None and self.duckdb_path is not None:
             self.parquet_dir = default_parquet_dir(self.duckdb_path)
         if self.parquet_dir is None:
@@ -103,18 +114,37 @@ def build(
     render_ticker: ProgressTicker | None = None,
 ) -> None:
     """Wire the export into `p`."""
-    patterns = [files.normalize_input_pattern(i) for i in config.inputs]
-    matched = (
-        p
-        | "Patterns" >> beam.Create(patterns)
-        | "Match" >> fileio.MatchAll()
-        | "Files only" >> beam.FlatMap(_path_and_size)
-        | "Distinct" >> beam.Distinct()  # overlapping patterns must not duplicate rows
-        | "Spread files" >> beam.Reshuffle()
+    renderer = Renderer(config.png_dir, config.render) if config.png_dir is not None else None
+    if config.dicomweb is None:
+        patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+        instances = (
+            p
+            | "Patterns" >> beam.Create(patterns)
+            | "Match" >> fileio.MatchAll()
+            | "Files only" >> beam.FlatMap(_path_and_size)
+            | "Distinct" >> beam.Distinct()  # overlapping patterns must not duplicate rows
+        )
+        opener, inline_renderer = FileOpener(), None
+    else:
+        # A store holds each SOP instance once: no duplicates to arbitrate, so render from the same fetch.
+        instances = (
+            p
+            | "Store" >> beam.Create([None])
+            | "QIDO-RS" >> beam.ParDo(EnumerateStoreFn(config.dicomweb, config.studies))
+        )
+        opener, inline_renderer = DicomwebOpener(config.dicomweb), renderer
+    parsed = (
+        instances
+        | "Spread instances" >> beam.Reshuffle()
+        | "Parse" >> beam.ParDo(
+            ParseDicomFn(
+                config.png_dir is not None,
+                parse_ticker or ProgressTicker(None),
+                opener,
+                inline_renderer,
+            )
+        ).with_outputs(TYPES, IMAGES, REJECTS, main="rows")
     )
-    parsed = matched | "Parse headers" >> beam.ParDo(
-        ParseDicomFn(config.png_dir is not None, parse_ticker or ProgressTicker(None))
-    ).with_outputs(TYPES, IMAGES, REJECTS, main="rows")
 
     schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(MergeSchemaFn())
     parsed.rows | "Write metadata" >> tables.WriteTable(
@@ -122,7 +152,7 @@ def build(
     )
 
     rejects = [parsed[REJECTS]]
-    if config.png_dir is not None:
+    if renderer is not None and inline_renderer is None:
         chosen = (
             parsed[IMAGES]
             | "By output path" >> beam.GroupByKey()
@@ -132,7 +162,7 @@ def build(
             chosen.chosen
             | "Spread renders" >> beam.Reshuffle()
             | "Render PNGs" >> beam.ParDo(
-                RenderPngFn(config.png_dir, config.render, render_ticker or ProgressTicker(None))
+                RenderPngFn(renderer, render_ticker or ProgressTicker(None), opener)
             ).with_outputs(REJECTS, main="pngs")
         )
         rejects += [chosen[DUPLICATES], rendered[REJECTS]]
@@ -182,18 +212,19 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     FileSystems.set_options(options)
     local = _is_local_runner(options)
     total = None
-    if local:
+    if local and config.inputs:
         total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
         options = PipelineOptions(_use_all_cores(beam_args, total))
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
-        stages = {"headers": total} if config.png_dir is None else {"headers": total, "rendered": None}
+        two_passes = config.png_dir is not None and config.dicomweb is None
+        stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
         with ProgressMonitor(progress_dir, stages, enabled=config.progress and local) as monitor:
             pipeline = beam.Pipeline(options=options)
             build(
                 pipeline,
                 config,
-                parse_ticker=monitor.ticker("headers"),
-                render_ticker=monitor.ticker("rendered") if config.png_dir else None,
+                parse_ticker=monitor.ticker(next(iter(stages))),
+                render_ticker=monitor.ticker("rendered") if two_passes else None,
             )
             result = pipeline.run()
             result.wait_until_finish()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from functools import reduce
-from typing import Any
+from typing import Any, BinaryIO
 
 import apache_beam as beam
 import pyarrow as pa
@@ -13,7 +14,7 @@ from apache_beam.pvalue import TaggedOutput
 
 from medbeam.dicom.identity import RenderSource, instance_key, is_lossy, png_paths
 from medbeam.dicom.metadata import instance_row, merge_column_types, table_schema
-from medbeam.dicom.reader import NotDicomError, read_dataset
+from medbeam.dicom.reader import DEFER_SIZE, NotDicomError, read_dataset
 from medbeam.dicom.render import RenderOptions, has_pixel_data, render_png_frames
 from medbeam.io import files
 from medbeam.transforms.errors import reject
@@ -23,21 +24,60 @@ NAMESPACE = "medbeam"
 TYPES, IMAGES, REJECTS, DUPLICATES = "types", "images", "rejects", "duplicates"
 
 
-class ParseDicomFn(beam.DoFn):
-    """File → metadata row (main output), its column types, and, for images, a render candidate.
+class FileOpener:
+    """Opens instances by file URI through Beam FileSystems (local, gs://, s3://)."""
 
-    Only the header is read (pixel data stays on disk); files that are not DICOM go to rejects.
+    def setup(self) -> None:
+        pass
+
+    def open(self, uri: str) -> BinaryIO:
+        return files.open_for_read(uri)
+
+
+class Renderer:
+    """Render one dataset's frames and write them as PNGs under png_dir; returns the number written."""
+
+    def __init__(self, png_dir: str, options: RenderOptions):
+        self.png_dir = png_dir
+        self.options = options
+
+    def write_pngs(self, ds: Any, key: tuple[str, str, str]) -> int:
+        pngs = render_png_frames(ds, self.options)
+        for target, data in zip(png_paths(self.png_dir, key, len(pngs)), pngs, strict=True):
+            files.write_bytes(target, data, "image/png")
+        return len(pngs)
+
+
+class ParseDicomFn(beam.DoFn):
+    """Instance → metadata row (main output), its column types, and, for images, a render candidate.
+
+    With a renderer (sources whose instances are unique, like a DICOM store), images are rendered here
+    from the same read instead of a second pass. Otherwise only the header is read (pixel data stays
+    on disk). Inputs that are not DICOM go to rejects.
     """
 
-    def __init__(self, want_images: bool, ticker: ProgressTicker):
+    def __init__(
+        self,
+        want_images: bool,
+        ticker: ProgressTicker,
+        opener: FileOpener | None = None,
+        inline_renderer: Renderer | None = None,
+    ):
         self._want_images = want_images
         self._ticker = ticker
+        self._opener = opener or FileOpener()
+        self._inline_renderer = inline_renderer
         self._files_in = Metrics.counter(NAMESPACE, "files_in")
         self._instances = Metrics.counter(NAMESPACE, "instances")
         self._rejected = Metrics.counter(NAMESPACE, "rejected_files")
         self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
+        self._pngs = Metrics.counter(NAMESPACE, "pngs")
+        self._rendered = Metrics.counter(NAMESPACE, "rendered_instances")
 
-    def process(self, file: tuple[str, int]) -> Iterator[Any]:
+    def setup(self) -> None:
+        self._opener.setup()
+
+    def process(self, file: tuple[str, int | None]) -> Iterator[Any]:
         path, size = file
         self._files_in.inc()
         try:
@@ -49,23 +89,29 @@ class ParseDicomFn(beam.DoFn):
         self._ticker.tick()
         yield from outputs
 
-    def _parse(self, path: str, size: int) -> Iterator[Any]:
-        with files.open_for_read(path) as fp:
-            ds = read_dataset(fp)
+    def _parse(self, path: str, size: int | None) -> Iterator[Any]:
+        with self._opener.open(path) as fp:
+            ds = read_dataset(fp, defer_size=None if self._inline_renderer else DEFER_SIZE)
+            if size is None:
+                size = fp.seek(0, 2)
             row = instance_row(ds, path=path, file_size=size)
-            image = self._want_images and has_pixel_data(ds)
-            if image:
-                try:
-                    candidate = (instance_key(ds), RenderSource(lossy=is_lossy(ds), path=path))
-                except ValueError as exc:  # row kept, PNG impossible: a pixel-stage reject
-                    self._pixel_errors.inc()
-                    candidate = None
-                    yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
         self._instances.inc()
         yield row.values
         yield TaggedOutput(TYPES, row.types)
-        if image and candidate is not None:
-            yield TaggedOutput(IMAGES, candidate)
+        if not (self._want_images and has_pixel_data(ds)):
+            return
+        try:
+            key = instance_key(ds)
+            if self._inline_renderer is None:
+                yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
+                return
+            count = self._inline_renderer.write_pngs(ds, key)
+        except Exception as exc:  # noqa: BLE001 - row kept, PNG impossible: a pixel-stage reject
+            self._pixel_errors.inc()
+            yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
+        else:
+            self._rendered.inc()
+            self._pngs.inc(count)
 
 
 class MergeSchemaFn(beam.CombineFn):
@@ -111,29 +157,78 @@ class ChooseRenderSourceFn(beam.DoFn):
 class RenderPngFn(beam.DoFn):
     """Read the chosen file in full, render every frame, write the PNGs under png_dir."""
 
-    def __init__(self, png_dir: str, options: RenderOptions, ticker: ProgressTicker):
-        self._png_dir = png_dir
-        self._options = options
+    def __init__(self, renderer: Renderer, ticker: ProgressTicker, opener: FileOpener | None = None):
+        self._renderer = renderer
         self._ticker = ticker
+        self._opener = opener or FileOpener()
         self._pngs = Metrics.counter(NAMESPACE, "pngs")
         self._rendered = Metrics.counter(NAMESPACE, "rendered_instances")
         self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
 
+    def setup(self) -> None:
+        self._opener.setup()
+
     def process(self, element: tuple[tuple[str, str, str], str]) -> Iterator[Any]:
         key, path = element
         try:
-            with files.open_for_read(path) as fp:
+            with self._opener.open(path) as fp:
                 ds = read_dataset(fp, defer_size=None)
-            pngs = render_png_frames(ds, self._options)
-            targets = png_paths(self._png_dir, key, len(pngs))
-            for target, data in zip(targets, pngs, strict=True):
-                files.write_bytes(target, data, "image/png")
+            count = self._renderer.write_pngs(ds, key)
         except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
             self._pixel_errors.inc()
             yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
         else:
             self._rendered.inc()
-            self._pngs.inc(len(pngs))
-            yield len(pngs)
+            self._pngs.inc(count)
+            yield count
         finally:
             self._ticker.tick()
+
+
+def dicomweb_instance_uri(base_url: str, key: tuple[str, str, str]) -> str:
+    """The WADO-RS URI of an instance: what the `path` column and rejects name for store exports."""
+    study, series, sop = key
+    return f"{base_url.rstrip('/')}/studies/{study}/series/{series}/instances/{sop}"
+
+
+def _key_from_dicomweb_uri(uri: str) -> tuple[str, str, str]:
+    parts = uri.rstrip("/").split("/")
+    if len(parts) < 6 or (parts[-6], parts[-4], parts[-2]) != ("studies", "series", "instances"):
+        raise ValueError(f"not a WADO-RS instance URI: {uri}")
+    return parts[-5], parts[-3], parts[-1]
+
+
+class DicomwebOpener(FileOpener):
+    """Opens instances of a DICOM store by WADO-RS URI; one client per worker, made in setup()."""
+
+    def __init__(self, settings: Any):
+        self._settings = settings
+        self._client: Any = None
+
+    def __getstate__(self) -> dict:
+        return {"_settings": self._settings, "_client": None}
+
+    def setup(self) -> None:
+        if self._client is None:
+            self._client = self._settings.make_client()
+
+    def open(self, uri: str) -> BinaryIO:
+        from medbeam.io.dicomweb import retrieve_instance_bytes
+
+        self.setup()
+        return io.BytesIO(retrieve_instance_bytes(self._client, *_key_from_dicomweb_uri(uri)))
+
+
+class EnumerateStoreFn(beam.DoFn):
+    """QIDO-RS studies → series → instances of a store (optionally some studies) → (WADO-RS URI, None)."""
+
+    def __init__(self, settings: Any, studies: list[str] | None):
+        self._settings = settings
+        self._studies = studies or None
+
+    def process(self, _: Any) -> Iterator[tuple[str, None]]:
+        from medbeam.io.dicomweb import enumerate_instances
+
+        client = self._settings.make_client()
+        for key in enumerate_instances(client, studies=self._studies):
+            yield dicomweb_instance_uri(self._settings.url, tuple(key)), None
