@@ -109,6 +109,8 @@ def demo(
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING)
+    # The DirectRunner's worker processes forward their start-up chatter as warnings; errors still show.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     app()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ _SAFE_UID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 
 
 class InstanceIdentityError(ValueError):
-    """The dataset lacks, or has unusable, Study/Series/SOP Instance UIDs, so its PNG cannot be named."""
+    """A Study/Series/SOP Instance UID holds characters that cannot be a path segment."""
 
 
 @dataclass(frozen=True, order=True)
@@ -39,13 +40,22 @@ class RenderSource:
     path: str
 
 
-def instance_key(ds: Dataset) -> tuple[str, str, str]:
-    """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID), each safe as a path segment."""
+def instance_key(ds: Dataset, source_uri: str) -> tuple[str, str, str]:
+    """(StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID), each safe as a path segment.
+
+    A missing UID still renders: `_no-study-uid`, `_no-series-uid`, or for the instance `_file-` + a hash
+    of the source URI (unique and stable). The leading underscore can never start a real UID.
+    """
     key = []
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+    for keyword, fallback in (
+        ("StudyInstanceUID", "_no-study-uid"),
+        ("SeriesInstanceUID", "_no-series-uid"),
+        ("SOPInstanceUID", "_file-" + hashlib.sha1(source_uri.encode("utf-8")).hexdigest()[:20]),
+    ):
         value = str(ds.get(keyword, "") or "").strip(" \x00")
         if not value:
-            raise InstanceIdentityError(f"no {keyword}: the PNG path cannot be named")
+            key.append(fallback)
+            continue
         if not _SAFE_UID.match(value) or ".." in value:
             raise InstanceIdentityError(f"{keyword} {value[:80]!r} is not a usable UID")
         key.append(value)

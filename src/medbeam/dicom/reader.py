@@ -15,7 +15,7 @@ from pydicom.errors import InvalidDicomError
 DEFER_SIZE = 4096
 _KNOWN_FIRST_GROUPS = {0x0002, 0x0008}
 # pydicom logs every oddity it tolerates; the rejects table and value_errors already record what matters.
-logging.getLogger("pydicom").setLevel(logging.ERROR)
+logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 class NotDicomError(ValueError):
@@ -54,5 +54,5 @@ def read_dataset(fp: BinaryIO, *, defer_size: int | None = DEFER_SIZE) -> FileDa
         except InvalidDicomError as exc:
             raise NotDicomError(str(exc)) from exc
     if not any(tag.group > 0x0002 for tag in ds.keys()):
-        raise NotDicomError("the file parses, but holds no DICOM attribute outside the file meta group")
+        raise NotDicomError("no DICOM attribute could be read after the file meta group (truncated or corrupt)")
     return ds

@@ -101,7 +101,7 @@ class ParseDicomFn(beam.DoFn):
         if not (self._want_images and has_pixel_data(ds)):
             return
         try:
-            key = instance_key(ds)
+            key = instance_key(ds, path)
             if self._inline_renderer is None:
                 yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
                 return
