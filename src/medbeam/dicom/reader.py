@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import struct
 import warnings
@@ -37,12 +38,34 @@ def looks_like_bare_dataset(head: bytes) -> bool:
     )
 
 
+class _RemoteStream:
+    """read/seek/tell of a buffered remote stream (Beam's S3 reader), without passing for a local file.
+
+    pydicom treats any io.BufferedReader as a local file and asks for its `.name`, which S3 streams lack.
+    Keeping the buffered reader (not its raw stream) keeps pydicom's many small reads out of S3 requests.
+    """
+
+    def __init__(self, fp: BinaryIO):
+        self._fp = fp
+
+    def read(self, size: int = -1) -> bytes:
+        return self._fp.read(size)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
 def read_dataset(fp: BinaryIO, *, defer_size: int | None = DEFER_SIZE) -> FileDataset:
     """Read a DICOM file from an open binary stream; raise NotDicomError for anything else.
 
     With the default `defer_size`, large values (pixel data) are not read: the stream must stay open
     while such a value is used.
     """
+    if isinstance(fp, io.BufferedReader) and not isinstance(fp.raw, io.FileIO):
+        fp = _RemoteStream(fp)  # type: ignore[assignment]
     head = fp.read(132)
     fp.seek(0)
     if not has_dicm_prefix(head) and not looks_like_bare_dataset(head):
