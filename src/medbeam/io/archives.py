@@ -1,0 +1,672 @@
+"""Tar archives and compressed files, streamed through Beam FileSystems (local, gs://, s3://).
+
+No Beam pipeline code here: plain functions that the `files untar` and `files decompress` jobs wrap in
+thin DoFns, tested directly.
+
+Nothing is ever held whole in memory: archives and compressed files are read as streams, members and
+outputs are copied in chunks of `CHUNK_SIZE` bytes. Hostile inputs are refused, not trusted:
+
+- tar member names are checked before anything is written (`safe_relative_path`): absolute paths,
+  `..` components, control characters and non-UTF-8 names are refused; links, devices and FIFOs are
+  refused; directories are skipped (object stores have none, and files create their parents);
+- extended (pax / GNU long-name) headers larger than `MAX_EXTENDED_HEADER` are refused, since Python's
+  tarfile reads them into memory;
+- decompression bombs are stopped while streaming (`Limits`), and partial outputs are deleted;
+- a truncated or corrupt archive is detected even where Python's tarfile would silently stop early
+  (a missing end-of-archive marker, a bad header after the first member, a bad gzip CRC).
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import os
+import posixpath
+import re
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from medbeam.io import files
+
+CHUNK_SIZE = 1 << 20
+#: Python's tarfile reads pax and GNU long-name headers whole; larger ones are refused.
+MAX_EXTENDED_HEADER = 1 << 20
+#: After the end-of-archive marker, read at most this much more to let gzip/bz2/xz/zstd check their CRC.
+MAX_TRAILER_DRAIN = 16 << 20
+#: Compression formats by their magic bytes.
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+_ARCHIVE_SUFFIXES = (
+    ".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst", ".tar.zstd",
+    ".tgz", ".tbz2", ".tbz", ".txz", ".tzst", ".tar",
+)  # fmt: skip
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:[/\\]")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?)b?\s*$", re.IGNORECASE)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Errors: each names the stage that the rejects table records
+
+
+class FileJobError(Exception):
+    """A refusal or failure that becomes one rejects-table row; `stage` says which step refused."""
+
+    stage = "read"
+
+
+class UnknownFormatError(FileJobError):
+    stage = "detect"
+
+
+class UnsafeMemberError(FileJobError):
+    stage = "unsafe"
+
+
+class DecompressionBombError(FileJobError):
+    stage = "bomb"
+
+
+class CorruptArchiveError(FileJobError):
+    stage = "read"
+
+
+class NotATarError(FileJobError):
+    stage = "open"
+
+
+class OutputPathError(FileJobError):
+    stage = "path"
+
+
+class SameAsInputError(OutputPathError):
+    """The output path is the input path."""
+
+
+class WriteError(FileJobError):
+    stage = "write"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sizes and limits
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'64GiB', '10MB', '1.5g', '123' → bytes (binary multiples: k = 1024); '0', 'none', '' → None."""
+    if text is None or isinstance(text, int):
+        return text or None
+    if text.strip().lower() in ("", "0", "none", "unlimited", "off"):
+        return None
+    m = _SIZE.match(text)
+    if not m:
+        raise ValueError(f"not a size: {text!r} (try 123, 10MiB, 64GiB, or none)")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    return int(number * 1024 ** " kmgtp".index(unit or " ")) or None
+
+
+def format_size(n: int | None) -> str:
+    if n is None:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Decompression-bomb guard, checked while streaming.
+
+    `max_bytes`: most bytes one input may expand to (a compressed file's output; a tar's members in
+    total). `max_ratio`: most expanded bytes per compressed input byte; it applies only once the output
+    passes `ratio_min_bytes`, so tiny, very compressible files are not refused. None switches a check off.
+    """
+
+    max_bytes: int | None = None
+    max_ratio: float | None = 1000.0
+    ratio_min_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError("the size limit must be positive (or None for no limit)")
+        if self.max_ratio is not None and self.max_ratio <= 0:
+            raise ValueError("the ratio limit must be positive (or None for no limit)")
+
+    def check(self, expanded: int, compressed_size: int) -> None:
+        """Raise DecompressionBombError if `expanded` bytes from a `compressed_size`-byte input is too much."""
+        if self.max_bytes is not None and expanded > self.max_bytes:
+            raise DecompressionBombError(
+                f"expands past the limit of {format_size(self.max_bytes)} "
+                f"({format_size(compressed_size)} compressed); raise the size limit if this is expected"
+            )
+        if (
+            self.max_ratio is not None
+            and expanded > self.ratio_min_bytes
+            and expanded > self.max_ratio * max(compressed_size, 1)
+        ):
+            raise DecompressionBombError(
+                f"expands more than {self.max_ratio:g}:1 ({format_size(compressed_size)} compressed, "
+                f"over {format_size(expanded)} expanded); raise the ratio limit if this is expected"
+            )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Paths
+
+
+def is_under(path: str, directory: str) -> bool:
+    """`path` is `directory` itself or inside it (component-wise: /out2 is not under /out)."""
+    directory = directory.rstrip("/")
+    return path == directory or path.startswith(directory + "/")
+
+
+def safe_relative_path(name: str) -> str:
+    """A member name (or any relative path from untrusted data) → a normalised relative path, or refuse.
+
+    Refused: empty names, absolute paths (`/x`, `\\x`, `C:/x`), any `..` component (also with `\\`),
+    control characters, and names that are not valid UTF-8. `./a//b/` becomes `a/b`.
+    """
+    if not name or not name.strip("/."):
+        raise UnsafeMemberError(f"empty path {name!r}")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UnsafeMemberError(f"name is not valid UTF-8: {name!r}") from None
+    if _CONTROL.search(name):
+        raise UnsafeMemberError(f"control character in name {name!r}")
+    if name.startswith(("/", "\\")) or _DRIVE.match(name):
+        raise UnsafeMemberError(f"absolute path {name!r} would land outside the output directory")
+    if ".." in re.split(r"[/\\]", name):
+        raise UnsafeMemberError(f"'..' in {name!r} could land outside the output directory")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if not parts:
+        raise UnsafeMemberError(f"empty path {name!r}")
+    return "/".join(parts)
+
+
+def archive_stem(path: str) -> str:
+    """`gs://b/train_p10.tar.gz` → `train_p10` (any of the tar suffixes; else the name without extension)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    lower = name.lower()
+    for suffix in _ARCHIVE_SUFFIXES:
+        if lower.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    stem = posixpath.splitext(name)[0]
+    return stem or name
+
+
+def normalize_dir(path: str) -> str:
+    """An output directory: local ones absolute (workers may run elsewhere), no trailing slash."""
+    if files.has_scheme(path):
+        return path.rstrip("/")
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def member_output_path(output_dir: str, member_path: str, archive: str | None = None) -> str:
+    """`{output_dir}/{member path}`, or `{output_dir}/{archive stem}/{member path}` when `archive` is given."""
+    if archive is not None:
+        return files.join(output_dir, archive_stem(archive), member_path)
+    return files.join(output_dir, member_path)
+
+
+def prefix_pattern(path: str) -> str:
+    """An input of `files decompress` → a match pattern.
+
+    Globs are used as they are; a directory (local, or ending in '/') means every file below it; any
+    other URI is a prefix, as in Google's decompress_gcs.py (`gs://b/raw/p1` matches `gs://b/raw/p10/x`);
+    a local path that is neither a file nor a directory is a prefix too.
+    """
+    if files.is_glob(path):
+        return files.normalize_input_pattern(path)
+    if files.has_scheme(path):
+        return path + "**"
+    local = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(local):
+        return os.path.join(local, "**")
+    if os.path.isfile(local):
+        return local
+    return local + "**"
+
+
+def input_base(path: str) -> str:
+    """The directory that an input's relative paths start from, with a trailing '/'.
+
+    As with rsync, a trailing slash means "the contents of": `gs://b/raw/` and `gs://b/raw/*.gz` →
+    `gs://b/raw/`, while `gs://b/raw` (a prefix, or a directory named without the slash) → `gs://b/`, so
+    its outputs keep the `raw/` level. Local paths are made absolute first.
+    """
+    if not files.has_scheme(path):
+        path = os.path.abspath(os.path.expanduser(path)) + ("/" if path.endswith(("/", os.sep)) else "")
+    cut = min((path.index(c) for c in "*?[" if c in path), default=len(path))
+    return path[: path.rfind("/", 0, cut) + 1]
+
+
+def check_substitution(pattern: str, repl: str) -> re.Pattern[str]:
+    """Compile the path pattern and check that the replacement only names groups it has."""
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--path-sub-pattern is not a valid regular expression: {exc}") from None
+    try:
+        probe = re.compile(pattern + "|")  # same groups; the empty branch always matches
+    except re.error:
+        return regex
+    try:
+        probe.sub(repl, "", count=1)
+    except (re.error, IndexError) as exc:
+        raise ValueError(f"--path-sub-repl does not fit --path-sub-pattern: {exc}") from None
+    return regex
+
+
+def decompressed_path(
+    source: str, regex: re.Pattern[str], repl: str, base: str | None = None, output_dir: str | None = None
+) -> str:
+    """Output path of one compressed file: `re.sub(pattern, repl, source)` as in Google's decompress_gcs.py,
+    then, with `output_dir`, its part below `base` placed under `output_dir`.
+
+    Raises OutputPathError for a path that cannot be written (a directory name, outside the input base,
+    `..` components, or the source itself).
+    """
+    try:
+        out = regex.sub(repl, source)
+    except (re.error, IndexError) as exc:
+        raise OutputPathError(f"--path-sub-repl failed on this path: {exc}") from None
+    if not out or out.endswith("/"):
+        raise OutputPathError(f"the path pattern turns {source!r} into a directory name {out!r}")
+    if not files.has_scheme(out):
+        out = os.path.normpath(os.path.abspath(out))
+    if output_dir is not None:
+        if base is None or not out.startswith(base):
+            raise OutputPathError(
+                f"output {out!r} is not under the input's base {base!r}, so it has no place under --output-dir"
+            )
+        try:
+            relative = safe_relative_path(out[len(base) :])
+        except UnsafeMemberError as exc:
+            raise OutputPathError(str(exc)) from None
+        out = files.join(output_dir, relative)
+    if out == source:
+        raise SameAsInputError(
+            f"the output path is the input path {source!r}: the file would be overwritten while it is read; "
+            "change --path-sub-pattern/--path-sub-repl or give --output-dir"
+        )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Streams
+
+
+class _Prefixed(io.RawIOBase):
+    """A read-only stream: `head` bytes already read, then the rest of `raw` (which it does not close)."""
+
+    def __init__(self, head: bytes, raw: BinaryIO):
+        super().__init__()
+        self._head = head
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self._head:
+            if size is None or size < 0:
+                data, self._head = self._head + self._raw.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            if len(data) < size:
+                data += self._raw.read(size - len(data))
+            return data
+        return self._raw.read(-1 if size is None else size)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _read_exactly(raw: BinaryIO, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        more = raw.read(size - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def detect_format(head: bytes) -> str | None:
+    """'gzip', 'bzip2', 'xz', 'zstd' from the first bytes, or None."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic) and (name != "bzip2" or head[3:4].isdigit()):
+            return name
+    return None
+
+
+def open_decompressed(raw: BinaryIO) -> tuple[str | None, BinaryIO]:
+    """(format or None, a stream of the decompressed bytes) — the bytes themselves when not compressed.
+
+    Multi-member gzip, multi-stream bzip2/xz and multi-frame zstd files are read whole.
+    """
+    head = _read_exactly(raw, 6)
+    stream = _Prefixed(head, raw)
+    fmt = detect_format(head)
+    if fmt == "gzip":
+        return fmt, gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[arg-type]
+    if fmt == "bzip2":
+        return fmt, bz2.BZ2File(stream, "rb")  # type: ignore[arg-type]
+    if fmt == "xz":
+        return fmt, lzma.LZMAFile(stream, "rb")  # type: ignore[arg-type]
+    if fmt == "zstd":
+        # Arrow's decoder, not python-zstandard's stream_reader: the latter ends quietly at a truncated frame.
+        return fmt, pa.CompressedInputStream(pa.PythonFile(stream, mode="r"), "zstd")  # type: ignore[return-value]
+    return None, stream  # type: ignore[return-value]
+
+
+def _is_data_error(exc: BaseException) -> bool:
+    """Errors that mean 'this input is corrupt' rather than a bug of ours."""
+    return isinstance(
+        exc, (OSError, EOFError, zlib.error, tarfile.TarError, lzma.LZMAError, pa.ArrowException, UnicodeError)
+    )
+
+
+class Storage:
+    """Opens inputs and creates outputs through Beam FileSystems, with one exception: on s3:// it reuses
+    one S3 client per worker. Beam's S3 filesystem builds a new boto3 client for every file it opens
+    (about half a second of CPU each), which would dominate a job writing many small members.
+
+    `s3_options` are the pipeline's S3Options as a dict (see `s3_options_of`); picklable.
+    """
+
+    def __init__(self, s3_options: dict | None = None):
+        self._s3_options = dict(s3_options or {})
+        self._s3 = None
+
+    def __getstate__(self) -> dict:
+        return {"_s3_options": self._s3_options, "_s3": None}
+
+    def _s3io(self):
+        if self._s3 is None:
+            from apache_beam.io.aws import s3io
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            self._s3 = s3io.S3IO(options=PipelineOptions.from_dictionary(self._s3_options))
+        return self._s3
+
+    def open(self, path: str) -> BinaryIO:
+        """Raw bytes, whatever the extension."""
+        if path.startswith("s3://"):
+            return self._s3io().open(path, "r")
+        return files.open_for_read(path)
+
+    def create(self, path: str) -> BinaryIO:
+        """A new file (replacing any earlier one); local parents are created."""
+        if path.startswith("s3://"):
+            return self._s3io().open(path, "w")
+        if not files.has_scheme(path):
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def s3_options_of(options) -> dict:
+    """The S3Options set in `options` (a PipelineOptions), as a picklable dict for `Storage`."""
+    from apache_beam.options.pipeline_options import S3Options
+
+    values = options.view_as(S3Options).get_all_options(drop_default=True)
+    return {k: v for k, v in values.items() if k.startswith("s3_")}
+
+
+def delete_quietly(path: str) -> None:
+    try:
+        FileSystems.delete([path])
+    except Exception:  # noqa: BLE001 - best effort: it may never have been created
+        pass
+
+
+def _copy_stream(src: BinaryIO, dst_path: str, storage: Storage, on_chunk: Callable[[int], None] | None = None) -> int:
+    """Copy `src` to a new file at `dst_path` in chunks; on any failure delete the partial output.
+
+    Read failures propagate as they are; write failures become WriteError. `on_chunk(total)` may raise
+    (the bomb guard) to stop the copy.
+    """
+    total = 0
+    try:
+        dst = storage.create(dst_path)
+    except Exception as exc:  # noqa: BLE001 - e.g. a local file where a directory should be
+        raise WriteError(f"cannot create {dst_path}: {type(exc).__name__}: {exc}") from exc
+    try:
+        with dst:
+            while True:
+                chunk = src.read(CHUNK_SIZE)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if on_chunk is not None:
+                    on_chunk(total)
+                try:
+                    dst.write(chunk)
+                except Exception as exc:  # noqa: BLE001
+                    raise WriteError(f"cannot write {dst_path}: {type(exc).__name__}: {exc}") from exc
+    except BaseException:
+        delete_quietly(dst_path)
+        raise
+    return total
+
+
+# ---------------------------------------------------------------------------------------------------
+# Decompress one file
+
+
+def decompress_file(
+    source: str, source_size: int, output: str, limits: Limits, storage: Storage | None = None
+) -> tuple[str, int]:
+    """Stream-decompress `source` into `output`; return (format, bytes written).
+
+    Raises UnknownFormatError (not gzip/bzip2/xz/zstd, or empty), DecompressionBombError (limits, checked
+    per chunk; the partial output is deleted), CorruptArchiveError (bad data, truncated), WriteError.
+    """
+    storage = storage or Storage()
+    with storage.open(source) as raw:
+        fmt, stream = open_decompressed(raw)
+        if fmt is None:
+            head = stream.read(4)
+            what = "an empty file" if not head else f"starts with {head!r}"
+            raise UnknownFormatError(f"not gzip, bzip2, xz or zstd data: {what}")
+        try:
+            written = _copy_stream(stream, output, storage, lambda total: limits.check(total, source_size))
+        except FileJobError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if _is_data_error(exc):
+                raise CorruptArchiveError(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}") from exc
+            raise
+        return fmt, written
+
+
+# ---------------------------------------------------------------------------------------------------
+# Untar one archive
+
+
+class _GuardedTarInfo(tarfile.TarInfo):
+    """Records how the archive ended, and refuses extended headers too large to read into memory."""
+
+    @classmethod
+    def fromtarfile(cls, tf):  # type: ignore[override]
+        tf.medbeam_end = None
+        try:
+            return super().fromtarfile(tf)
+        except tarfile.EOFHeaderError:
+            tf.medbeam_end = "eof"
+            raise
+        except tarfile.EmptyHeaderError:
+            tf.medbeam_end = "end of data"
+            raise
+        except tarfile.TruncatedHeaderError:
+            tf.medbeam_end = "truncated header"
+            raise
+        except tarfile.InvalidHeaderError as exc:
+            tf.medbeam_end = f"invalid header ({exc})"
+            raise
+
+    def _proc_member(self, tf):  # type: ignore[override]
+        if self.type in _EXTENDED and self.size > MAX_EXTENDED_HEADER:
+            raise CorruptArchiveError(
+                f"extended header of {format_size(self.size)} at offset {self.offset} is larger than "
+                f"{format_size(MAX_EXTENDED_HEADER)}: refusing to read it into memory"
+            )
+        return super()._proc_member(tf)
+
+
+_EXTENDED = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+             tarfile.SOLARIS_XHDTYPE)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MemberEvent:
+    """What happened to one tar member: 'written', 'rejected' (with `error`) or 'skipped' (a directory)."""
+
+    kind: str
+    member: str
+    output: str | None = None
+    size: int = 0
+    error: FileJobError | None = None
+
+
+class ArchiveFailure(Exception):
+    """The archive could not be read on (or was stopped); `member` names the member being read, if any."""
+
+    def __init__(self, error: FileJobError, member: str | None = None):
+        super().__init__(str(error))
+        self.error = error
+        self.member = member
+
+
+def _member_kind_refusal(info: tarfile.TarInfo) -> str | None:
+    if info.issym():
+        return f"symbolic link (to {info.linkname!r})"
+    if info.islnk():
+        return f"hard link (to {info.linkname!r})"
+    if info.ischr() or info.isblk():
+        return "device file"
+    if info.isfifo():
+        return "FIFO"
+    if not info.isreg():
+        return f"unsupported member type {info.type!r}"
+    return None
+
+
+def untar(
+    archive: str,
+    archive_size: int,
+    output_path_for: Callable[[str], str],
+    limits: Limits,
+    reserved: Callable[[str], bool] = lambda path: False,
+    storage: Storage | None = None,
+) -> Iterator[MemberEvent]:
+    """Stream the members of one tar archive (plain, gzip, bzip2, xz or zstd) into files.
+
+    `output_path_for(safe member path)` gives each regular member's output path; `reserved(output)` may
+    refuse some (e.g. the job's own rejects directory). Yields one MemberEvent per member; raises
+    ArchiveFailure when the archive cannot be opened, is corrupt or truncated (members before that point
+    stay written; a member cut short is deleted), or trips the bomb guard (no further member is read).
+    """
+    storage = storage or Storage()
+    with storage.open(archive) as raw:
+        fmt, stream = open_decompressed(raw)
+        try:
+            # tarfile's default 10 KiB stream buffer: its _Stream copies the rest of the buffer on every
+            # read, so a large buffer makes archives of many small members an order of magnitude slower.
+            tf = tarfile.open(
+                fileobj=stream, mode="r|", tarinfo=_GuardedTarInfo, encoding="utf-8", errors="surrogateescape"
+            )
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, CorruptArchiveError):
+                raise ArchiveFailure(exc) from exc
+            if not _is_data_error(exc):
+                raise
+            if isinstance(exc, tarfile.ReadError):  # the first header: what was read is not tar
+                layer = f"{fmt} data" if fmt else "file"
+                error: FileJobError = NotATarError(f"not a tar archive ({layer}): {exc}")
+            else:  # the compression layer failed (tarfile reads ahead: small archives fail here)
+                error = CorruptArchiveError(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}")
+            raise ArchiveFailure(error) from exc
+        yield from _untar_members(tf, stream, fmt, archive_size, output_path_for, limits, reserved, storage)
+
+
+def _untar_members(tf, stream, fmt, archive_size, output_path_for, limits, reserved, storage) -> Iterator[MemberEvent]:
+    expanded = 0
+    current: str | None = None
+    try:
+        while True:
+            current = None
+            info = tf.next()
+            if info is None:
+                break
+            tf.members.clear()  # stream mode keeps every TarInfo otherwise: memory grows with member count
+            current = info.name
+            expanded += max(info.size, 0)
+            limits.check(expanded, archive_size)
+            if info.isdir():
+                yield MemberEvent("skipped", info.name)
+                continue
+            try:
+                refusal = _member_kind_refusal(info)
+                if refusal is not None:
+                    raise UnsafeMemberError(f"{refusal}: refused")
+                relative = safe_relative_path(info.name)
+                output = output_path_for(relative)
+                if reserved(output):
+                    raise UnsafeMemberError(f"{info.name!r} would overwrite this job's own tables at {output}")
+            except UnsafeMemberError as exc:
+                yield MemberEvent("rejected", info.name, error=exc)
+                continue
+            source = tf.extractfile(info)
+            try:
+                size = _copy_stream(source, output, storage)
+            except WriteError as exc:
+                yield MemberEvent("rejected", info.name, output=output, error=exc)
+                continue
+            yield MemberEvent("written", info.name, output=output, size=size)
+        current = None
+        end = getattr(tf, "medbeam_end", None)
+        if end != "eof":
+            raise CorruptArchiveError(
+                f"archive ends without an end-of-archive marker ({end} at offset {tf.offset}): truncated or "
+                "corrupt; members before this point were written"
+            )
+        _drain(stream)
+    except ArchiveFailure:
+        raise
+    except FileJobError as exc:
+        raise ArchiveFailure(exc, current) from exc
+    except Exception as exc:  # noqa: BLE001
+        if not _is_data_error(exc):
+            raise
+        layer = f"{fmt} " if fmt else ""
+        raise ArchiveFailure(
+            CorruptArchiveError(f"corrupt or truncated {layer}tar: {type(exc).__name__}: {exc}"), current
+        ) from exc
+
+
+def _drain(stream: BinaryIO) -> None:
+    """Read what follows the end-of-archive marker (padding), so the compression layer checks its CRC."""
+    left = MAX_TRAILER_DRAIN
+    while left > 0:
+        chunk = stream.read(min(CHUNK_SIZE, left))
+        if not chunk:
+            return
+        left -= len(chunk)

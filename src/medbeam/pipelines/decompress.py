@@ -1,0 +1,290 @@
+"""Compressed files (.gz, .bz2, .xz, .zst) → decompressed copies, named by a regex substitution.
+
+    match each input → select by pattern → distinct → reshuffle → output path ──┐
+                                            selected paths (keyed by path) ─────┴→ CoGroupByKey by path
+        → one source per output path → decompress, streamed, bomb-guarded → rejects → WriteTable(rejects)
+
+As in Google's decompress_gcs.py, the files under the input prefixes whose path matches
+`path_sub_pattern` (re.search) are decompressed to `re.sub(path_sub_pattern, path_sub_repl, path)`;
+with `output_dir`, that path's part below the input's base directory is placed under `output_dir`.
+The format comes from the file's magic bytes, not its name. Before anything is written, output paths
+are checked: the input itself, another input of this run, or an output two inputs want (the
+alphabetically first input wins) are rejects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import TaggedOutput
+
+from medbeam.io import archives, files, tables
+from medbeam.pipelines.untar import (
+    DEFAULT_MAX_RATIO,
+    TABLES_SUBDIR,
+    by_stage,
+    check_duckdb_path,
+    counters_from,
+    load_duckdb,
+    run_pipeline,
+    summary_extras,
+)
+from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
+
+NAMESPACE = "medbeam.decompress"
+REJECTS = "rejects"
+DEFAULT_PATTERN = r"(.*)\.(?:gz|bz2|xz|zst)$"
+DEFAULT_REPL = r"\1"
+DEFAULT_MAX_OUTPUT_BYTES = 64 << 30
+#: How many listed files the driver checks before the run for outputs that would overwrite their input.
+PREFLIGHT_FILES = 1000
+
+
+@dataclass
+class DecompressConfig:
+    """Everything `medbeam files decompress` takes; usable from Python as a library call."""
+
+    inputs: list[str]
+    path_sub_pattern: str = DEFAULT_PATTERN
+    path_sub_repl: str = DEFAULT_REPL
+    output_dir: str | None = None
+    rejects_dir: str | None = None
+    duckdb_path: str | None = None
+    max_ratio: float | None = DEFAULT_MAX_RATIO
+    max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES
+    rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ValueError("give at least one input prefix, directory or glob")
+        archives.check_substitution(self.path_sub_pattern, self.path_sub_repl)
+        if self.output_dir is not None:
+            self.output_dir = archives.normalize_dir(self.output_dir)
+        if self.rejects_dir is None:
+            self.rejects_dir = files.join(self.output_dir or _input_dir(self.inputs[0]), TABLES_SUBDIR)
+        self.rejects_dir = archives.normalize_dir(self.rejects_dir)
+        check_duckdb_path(self.duckdb_path)
+        if self.rows_per_shard < 1:
+            raise ValueError("rows_per_shard must be at least 1")
+        self.limits  # noqa: B018 - validates the limits now, not on a worker
+
+    @property
+    def limits(self) -> archives.Limits:
+        return archives.Limits(max_bytes=self.max_output_bytes, max_ratio=self.max_ratio)
+
+    @property
+    def patterns(self) -> list[str]:
+        return [archives.prefix_pattern(i) for i in self.inputs]
+
+    @property
+    def bases(self) -> list[str]:
+        return [archives.input_base(i) for i in self.inputs]
+
+
+def _input_dir(path: str) -> str:
+    """The input itself if it is a local directory, else the directory it is in (or its prefix starts in)."""
+    if not files.has_scheme(path) and os.path.isdir(os.path.expanduser(path)):
+        return os.path.abspath(os.path.expanduser(path))
+    return archives.input_base(path).rstrip("/")
+
+
+@dataclass
+class DecompressCounts:
+    files_in: int = 0
+    written: int = 0
+    rejected: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rejected_by_stage: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        line = f"{self.files_in} files in, {self.written} written, {self.rejected} rejected"
+        return line + summary_extras(self.rejected_by_stage)
+
+
+def _counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+class PlanFn(beam.DoFn):
+    """(path, (input index, size)) → (output path, (path, size)), or a `path` reject."""
+
+    def __init__(self, pattern: str, repl: str, bases: list[str], output_dir: str | None):
+        self._pattern = pattern
+        self._repl = repl
+        self._bases = bases
+        self._output_dir = output_dir
+        self._regex: re.Pattern[str] | None = None
+        self._files_in = _counter("files_in")
+        self._rejected = _counter("rejected")
+
+    def setup(self) -> None:
+        self._regex = re.compile(self._pattern)
+
+    def process(self, element: tuple[str, tuple[int, int]]) -> Iterator[object]:
+        path, (index, size) = element
+        self._files_in.inc()
+        try:
+            output = archives.decompressed_path(path, self._regex, self._repl, self._bases[index], self._output_dir)
+        except archives.FileJobError as exc:
+            self._rejected.inc()
+            _counter(f"rejected.{exc.stage}").inc()
+            yield TaggedOutput(REJECTS, reject(path, exc.stage, exc))
+            return
+        yield output, (path, size)
+
+
+class ResolveFn(beam.DoFn):
+    """(output path, {plans: [(path, size)…], input: [None if the output path is itself an input]}) →
+    the one (path, size, output) to decompress, and rejects for the others."""
+
+    def __init__(self):
+        self._rejected = _counter("rejected")
+        self._collision = _counter("rejected.collision")
+
+    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator[object]:
+        output, groups = element
+        plans = sorted(groups["plans"])
+        if not plans:
+            return
+        if any(True for _ in groups["input"]):
+            for path, _size in plans:
+                self._rejected.inc()
+                self._collision.inc()
+                yield TaggedOutput(
+                    REJECTS,
+                    reject(
+                        path,
+                        "collision",
+                        f"output {output} is another input of this run; decompressing into it would "
+                        "overwrite a file while it is read",
+                        "OutputCollision",
+                    ),
+                )
+            return
+        (path, size), losers = plans[0], plans[1:]
+        yield path, size, output
+        for loser, _size in losers:
+            self._rejected.inc()
+            self._collision.inc()
+            yield TaggedOutput(
+                REJECTS,
+                reject(
+                    loser,
+                    "collision",
+                    f"output {output} is also the output of {path}, which was kept",
+                    "OutputCollision",
+                ),
+            )
+
+
+class DecompressFn(beam.DoFn):
+    """(path, size, output) → nothing on success; a reject otherwise (partial output deleted)."""
+
+    def __init__(self, limits: archives.Limits, storage: archives.Storage):
+        self._limits = limits
+        self._storage = storage
+        self._written = _counter("written")
+        self._rejected = _counter("rejected")
+        self._bytes_in = _counter("bytes_in")
+        self._bytes_out = _counter("bytes_out")
+
+    def process(self, element: tuple[str, int, str]) -> Iterator[dict[str, str]]:
+        path, size, output = element
+        try:
+            _fmt, written = archives.decompress_file(path, size, output, self._limits, self._storage)
+        except archives.FileJobError as exc:
+            stage, error = exc.stage, exc
+        except Exception as exc:  # noqa: BLE001 - e.g. unreadable: this file's reject, the run goes on
+            stage, error = "read", exc
+        else:
+            self._written.inc()
+            self._bytes_in.inc(size)
+            self._bytes_out.inc(written)
+            return
+        self._rejected.inc()
+        _counter(f"rejected.{stage}").inc()
+        yield reject(path, stage, error)
+
+
+def _indexed_files(match, index: int) -> Iterator[tuple[str, tuple[int, int]]]:
+    if not match.path.endswith("/"):
+        yield match.path, (index, match.size_in_bytes)
+
+
+def build(p: beam.Pipeline, config: DecompressConfig) -> None:
+    """Wire the decompress job into `p`."""
+    regex = re.compile(config.path_sub_pattern)
+    rejects_dir = config.rejects_dir
+    matched = [
+        p
+        | f"Input {i}" >> beam.Create([pattern])
+        | f"Match {i}" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+        | f"Files {i}" >> beam.FlatMap(_indexed_files, i)
+        for i, pattern in enumerate(config.patterns)
+    ]
+    selected = (
+        matched
+        | "All inputs" >> beam.Flatten()
+        | "Not our tables" >> beam.Filter(lambda kv: not archives.is_under(kv[0], rejects_dir))
+        | "Select by pattern" >> beam.Filter(lambda kv: regex.search(kv[0]) is not None)
+        | "First input wins" >> beam.CombinePerKey(min)  # overlapping inputs: one plan per file
+        | "Spread files" >> beam.Reshuffle()
+    )
+    planned = selected | "Output paths" >> beam.ParDo(
+        PlanFn(config.path_sub_pattern, config.path_sub_repl, config.bases, config.output_dir)
+    ).with_outputs(REJECTS, main="plans")
+    input_paths = selected | "Input paths" >> beam.Map(lambda kv: (kv[0], None))
+    resolved = (
+        {"plans": planned.plans, "input": input_paths}
+        | "By output path" >> beam.CoGroupByKey()
+        | "One source per output" >> beam.ParDo(ResolveFn()).with_outputs(REJECTS, main="jobs")
+    )
+    failed = resolved.jobs | "Decompress" >> beam.ParDo(
+        DecompressFn(config.limits, archives.Storage(archives.s3_options_of(p.options)))
+    )
+    (
+        [planned[REJECTS], resolved[REJECTS], failed]
+        | "All rejects" >> beam.Flatten()
+        | "Write rejects"
+        >> tables.WriteTable(rejects_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard)
+    )
+
+
+def preflight(config: DecompressConfig, limit: int = PREFLIGHT_FILES) -> None:
+    """Stop before the run when the substitution maps a listed file onto itself (checks up to `limit`)."""
+    regex = re.compile(config.path_sub_pattern)
+    results = FileSystems.match(config.patterns, limits=[limit] * len(config.inputs))
+    for index, result in enumerate(results):
+        for m in result.metadata_list:
+            if m.path.endswith("/") or archives.is_under(m.path, config.rejects_dir) or not regex.search(m.path):
+                continue
+            try:
+                archives.decompressed_path(m.path, regex, config.path_sub_repl, config.bases[index], config.output_dir)
+            except archives.SameAsInputError as exc:
+                raise ValueError(str(exc)) from None
+            except archives.OutputPathError:
+                pass  # a per-file reject in the run
+
+
+def run(config: DecompressConfig, beam_args: list[str] | None = None) -> DecompressCounts:
+    """Run the decompress job to completion, load DuckDB if asked, and return the reconciled counts."""
+    beam_args = list(beam_args or [])
+    FileSystems.set_options(PipelineOptions(beam_args))
+    preflight(config)
+    result = run_pipeline(build, config, beam_args, config.patterns, config.rejects_dir)
+    values = counters_from(result, NAMESPACE)
+    counts = DecompressCounts(
+        **{k: v for k, v in values.items() if k in DecompressCounts.__dataclass_fields__ and k != "rejected_by_stage"},
+        rejected_by_stage=by_stage(values),
+    )
+    load_duckdb(config.duckdb_path, config.rejects_dir)
+    return counts
