@@ -36,6 +36,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from medbeam.io import files
+from medbeam.io.files import Storage
 
 CHUNK_SIZE = 1 << 20
 #: Python's tarfile reads pax and GNU long-name headers whole; larger ones are refused.
@@ -382,52 +383,6 @@ def _is_data_error(exc: BaseException) -> bool:
     return isinstance(
         exc, (OSError, EOFError, zlib.error, tarfile.TarError, lzma.LZMAError, pa.ArrowException, UnicodeError)
     )
-
-
-class Storage:
-    """Opens inputs and creates outputs through Beam FileSystems, with one exception: on s3:// it reuses
-    one S3 client per worker. Beam's S3 filesystem builds a new boto3 client for every file it opens
-    (about half a second of CPU each), which would dominate a job writing many small members.
-
-    `s3_options` are the pipeline's S3Options as a dict (see `s3_options_of`); picklable.
-    """
-
-    def __init__(self, s3_options: dict | None = None):
-        self._s3_options = dict(s3_options or {})
-        self._s3 = None
-
-    def __getstate__(self) -> dict:
-        return {"_s3_options": self._s3_options, "_s3": None}
-
-    def _s3io(self):
-        if self._s3 is None:
-            from apache_beam.io.aws import s3io
-            from apache_beam.options.pipeline_options import PipelineOptions
-
-            self._s3 = s3io.S3IO(options=PipelineOptions.from_dictionary(self._s3_options))
-        return self._s3
-
-    def open(self, path: str) -> BinaryIO:
-        """Raw bytes, whatever the extension."""
-        if path.startswith("s3://"):
-            return self._s3io().open(path, "r")
-        return files.open_for_read(path)
-
-    def create(self, path: str) -> BinaryIO:
-        """A new file (replacing any earlier one); local parents are created."""
-        if path.startswith("s3://"):
-            return self._s3io().open(path, "w")
-        if not files.has_scheme(path):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def s3_options_of(options) -> dict:
-    """The S3Options set in `options` (a PipelineOptions), as a picklable dict for `Storage`."""
-    from apache_beam.options.pipeline_options import S3Options
-
-    values = options.view_as(S3Options).get_all_options(drop_default=True)
-    return {k: v for k, v in values.items() if k.startswith("s3_")}
 
 
 def delete_quietly(path: str) -> None:

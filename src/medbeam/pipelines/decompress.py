@@ -189,7 +189,7 @@ class ResolveFn(beam.DoFn):
 class DecompressFn(beam.DoFn):
     """(path, size, output) → nothing on success; a reject otherwise (partial output deleted)."""
 
-    def __init__(self, limits: archives.Limits, storage: archives.Storage):
+    def __init__(self, limits: archives.Limits, storage: files.Storage):
         self._limits = limits
         self._storage = storage
         self._written = _counter("written")
@@ -249,7 +249,7 @@ def build(p: beam.Pipeline, config: DecompressConfig) -> None:
         | "One source per output" >> beam.ParDo(ResolveFn()).with_outputs(REJECTS, main="jobs")
     )
     failed = resolved.jobs | "Decompress" >> beam.ParDo(
-        DecompressFn(config.limits, archives.Storage(archives.s3_options_of(p.options)))
+        DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)))
     )
     (
         [planned[REJECTS], resolved[REJECTS], failed]

@@ -114,7 +114,8 @@ def build(
     render_ticker: ProgressTicker | None = None,
 ) -> None:
     """Wire the export into `p`."""
-    renderer = Renderer(config.png_dir, config.render) if config.png_dir is not None else None
+    storage = files.Storage(files.s3_options_of(p.options))
+    renderer = Renderer(config.png_dir, config.render, storage) if config.png_dir is not None else None
     if config.dicomweb is None:
         patterns = [files.normalize_input_pattern(i) for i in config.inputs]
         instances = (
@@ -124,7 +125,7 @@ def build(
             | "Files only" >> beam.FlatMap(_path_and_size)
             | "Distinct" >> beam.Distinct()  # overlapping patterns must not duplicate rows
         )
-        opener, inline_renderer = FileOpener(), None
+        opener, inline_renderer = FileOpener(storage), None
     else:
         # A store holds each SOP instance once: no duplicates to arbitrate, so render from the same fetch.
         instances = (

@@ -122,7 +122,7 @@ class UntarFn(beam.DoFn):
         archive_subdir: bool,
         limits: archives.Limits,
         reserved_dir: str,
-        storage: archives.Storage,
+        storage: files.Storage,
     ):
         self._output_dir = output_dir
         self._storage = storage
@@ -232,7 +232,7 @@ def build(p: beam.Pipeline, config: UntarConfig) -> None:
                 config.archive_subdir,
                 config.limits,
                 config.rejects_dir,
-                archives.Storage(archives.s3_options_of(p.options)),
+                files.Storage(files.s3_options_of(p.options)),
             )
         ).with_outputs(REJECTS, main=WRITTEN)
     )

@@ -25,26 +25,31 @@ TYPES, IMAGES, REJECTS, DUPLICATES = "types", "images", "rejects", "duplicates"
 
 
 class FileOpener:
-    """Opens instances by file URI through Beam FileSystems (local, gs://, s3://)."""
+    """Opens instances by file URI (local, gs://, s3://), reusing one S3 client per worker."""
+
+    def __init__(self, storage: files.Storage | None = None):
+        self._storage = storage or files.Storage()
 
     def setup(self) -> None:
         pass
 
     def open(self, uri: str) -> BinaryIO:
-        return files.open_for_read(uri)
+        return self._storage.open(uri)
 
 
 class Renderer:
     """Render one dataset's frames and write them as PNGs under png_dir; returns the number written."""
 
-    def __init__(self, png_dir: str, options: RenderOptions):
+    def __init__(self, png_dir: str, options: RenderOptions, storage: files.Storage | None = None):
         self.png_dir = png_dir
         self.options = options
+        self._storage = storage or files.Storage()
 
     def write_pngs(self, ds: Any, key: tuple[str, str, str]) -> int:
         pngs = render_png_frames(ds, self.options)
         for target, data in zip(png_paths(self.png_dir, key, len(pngs)), pngs, strict=True):
-            files.write_bytes(target, data, "image/png")
+            with self._storage.create(target) as f:
+                f.write(data)
         return len(pngs)
 
 
