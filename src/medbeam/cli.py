@@ -13,12 +13,13 @@ from typing import Annotated
 
 import typer
 
-from medbeam import cli_files
+from medbeam import cli_files, cli_tfrecord
 
 app = typer.Typer(help="Apache Beam pipelines for medical imaging data.", no_args_is_help=True)
 dicom_app = typer.Typer(help="DICOM jobs.", no_args_is_help=True)
 app.add_typer(dicom_app, name="dicom")
 app.add_typer(cli_files.app, name="files")
+app.add_typer(cli_tfrecord.app, name="tfrecord")
 
 _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
