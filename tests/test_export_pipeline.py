@@ -187,3 +187,24 @@ def test_cli_rejects_bad_arguments_clearly(tmp_path):
     result = CliRunner().invoke(app, ["dicom", "export", "--input", "x", "--window-center", "40"])
     assert result.exit_code == 2
     assert "--window-width" in result.output
+
+
+def test_tfrecord_prefix_writes_the_rendered_pngs_as_examples(corpus, exported, tmp_path):
+    from medbeam.io import tfrecord
+
+    out, _, _ = exported
+    prefix = str(tmp_path / "tf" / "dicom")
+    config = ExportConfig(inputs=[str(corpus)], parquet_dir=str(tmp_path / "t"), tfrecord_prefix=prefix, progress=False)
+    counts = run(config, [])
+    assert counts.pngs == 13 and not (tmp_path / "png").exists()
+    doc = tfrecord.read_description(prefix)
+    assert doc["records"] == 13
+    records = [tfrecord.decode_example(r) for f in doc["files"] for r in tfrecord.read_records(str(tmp_path / "tf" / f))]
+    frames = {}
+    for r in records:
+        study, series, sop = (r[k].values[0].decode() for k in ("study", "series", "instance"))
+        frame = r["frame"].values[0]
+        frames[(sop, frame)] = r["png_bytes"].values[0]
+        expected = out / "png" / study / series / (f"{sop}.png" if frame == 1 and (out / "png" / study / series / f"{sop}.png").exists() else f"{sop}/{frame:04d}.png")
+        assert r["png_bytes"].values[0] == expected.read_bytes()
+    assert len(frames) == 13

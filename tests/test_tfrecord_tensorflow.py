@@ -216,3 +216,34 @@ def test_missing_tensorflow_fails_under_ci(tmp_path):
     )
     assert result.returncode == 1, result.stdout[-2000:]
     assert "TensorFlow is required when CI=true" in result.stdout
+
+
+def test_tensorflow_reads_direct_from_dicom_export(tf, tmp_path):
+    """`medbeam dicom export --tfrecord-prefix`: the records hold exactly the PNGs the export writes."""
+    import shutil
+
+    import pydicom
+
+    from medbeam.pipelines.dicom_export import ExportConfig
+    from medbeam.pipelines.dicom_export import run as run_export
+
+    test_files = Path(pydicom.__file__).parent / "data" / "test_files"
+    corpus = tmp_path / "dicom"
+    corpus.mkdir()
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm"):
+        shutil.copy(test_files / name, corpus / name)
+    prefix = str(tmp_path / "tf" / "direct")
+    png_dir = tmp_path / "png"
+    counts = run_export(
+        ExportConfig(inputs=[str(corpus)], png_dir=str(png_dir), parquet_dir=str(tmp_path / "tables"),
+                     tfrecord_prefix=prefix, progress=False),
+        [],
+    )
+    assert counts.pngs == 2
+    records = read_with_tensorflow(tf, prefix)
+    assert len(records) == 2
+    for r in records:
+        png = png_dir / r["study"].decode() / r["series"].decode() / (r["instance"].decode() + ".png")
+        assert r["png_bytes"] == png.read_bytes() and int(r["frame"]) == 1
+        image = tf.io.decode_png(r["png_bytes"], channels=1).numpy()
+        assert image.shape[2] == 1 and image.shape[:2] == cv2.imread(str(png), cv2.IMREAD_UNCHANGED).shape[:2]

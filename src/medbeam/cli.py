@@ -47,6 +47,11 @@ def dicom_export(
     parquet_dir: Annotated[
         str | None, typer.Option(help="Parquet shards (any filesystem). Default: next to --duckdb.")
     ] = None,
+    tfrecord_prefix: Annotated[
+        str | None,
+        typer.Option(help="Also write the rendered PNGs as tf.train.Example shards PREFIX-SSSSS-of-NNNNN.tfrecord."),
+    ] = None,
+    tfrecord_shards: Annotated[int | None, typer.Option(min=1, help="TFRecord shard count (default: ~128 MiB each).")] = None,
     window: Annotated[Window, typer.Option(help="VOI window: from the header, min-max, or none.")] = Window.header,
     window_center: Annotated[float | None, typer.Option(help="Explicit window center (with --window-width).")] = None,
     window_width: Annotated[float | None, typer.Option(help="Explicit window width (with --window-center).")] = None,
@@ -67,8 +72,8 @@ def dicom_export(
 
     if (window_center is None) != (window_width is None):
         _fail("--window-center and --window-width go together")
-    if png_dir is None and duckdb is None and parquet_dir is None:
-        _fail("nothing to write: give --png-dir, --duckdb and/or --parquet-dir")
+    if png_dir is None and duckdb is None and parquet_dir is None and tfrecord_prefix is None:
+        _fail("nothing to write: give --png-dir, --tfrecord-prefix, --duckdb and/or --parquet-dir")
     try:
         render = RenderOptions(
             window=window.value,
@@ -84,6 +89,8 @@ def dicom_export(
             png_dir=png_dir,
             parquet_dir=parquet_dir,
             duckdb_path=duckdb,
+            tfrecord_prefix=tfrecord_prefix,
+            tfrecord_num_shards=tfrecord_shards,
             render=render,
             rows_per_shard=rows_per_shard,
             progress=progress,
@@ -98,6 +105,8 @@ def dicom_export(
         typer.echo(f"tables: Parquet under {config.parquet_dir}")
     if png_dir:
         typer.echo(f"PNGs: {png_dir}")
+    if tfrecord_prefix:
+        typer.echo(f"TFRecords: {tfrecord_prefix}-*-of-*.tfrecord, spec in {tfrecord_prefix}.features.json")
 
 
 @app.command()

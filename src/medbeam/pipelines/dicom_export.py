@@ -25,6 +25,7 @@ from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
 from medbeam.transforms.dicom import (
     DUPLICATES,
+    EXAMPLES,
     IMAGES,
     NAMESPACE,
     REJECTS,
@@ -54,6 +55,9 @@ class ExportConfig:
     png_dir: str | None = None
     parquet_dir: str | None = None
     duckdb_path: str | None = None
+    #: Also write the rendered PNGs as tf.train.Example shards `{prefix}-SSSSS-of-NNNNN.tfrecord`.
+    tfrecord_prefix: str | None = None
+    tfrecord_num_shards: int | None = None
     render: RenderOptions = field(default_factory=RenderOptions)
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
@@ -115,7 +119,12 @@ def build(
 ) -> None:
     """Wire the export into `p`."""
     storage = files.Storage(files.s3_options_of(p.options))
-    renderer = Renderer(config.png_dir, config.render, storage) if config.png_dir is not None else None
+    wants_images = config.png_dir is not None or config.tfrecord_prefix is not None
+    renderer = (
+        Renderer(config.png_dir, config.render, storage, examples=config.tfrecord_prefix is not None)
+        if wants_images
+        else None
+    )
     if config.dicomweb is None:
         patterns = [files.normalize_input_pattern(i) for i in config.inputs]
         instances = (
@@ -139,12 +148,12 @@ def build(
         | "Spread instances" >> beam.Reshuffle()
         | "Parse" >> beam.ParDo(
             ParseDicomFn(
-                config.png_dir is not None,
+                wants_images,
                 parse_ticker or ProgressTicker(None),
                 opener,
                 inline_renderer,
             )
-        ).with_outputs(TYPES, IMAGES, REJECTS, main="rows")
+        ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, main="rows")
     )
 
     schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(MergeSchemaFn())
@@ -164,9 +173,14 @@ def build(
             | "Spread renders" >> beam.Reshuffle()
             | "Render PNGs" >> beam.ParDo(
                 RenderPngFn(renderer, render_ticker or ProgressTicker(None), opener)
-            ).with_outputs(REJECTS, main="pngs")
+            ).with_outputs(REJECTS, EXAMPLES)
         )
         rejects += [chosen[DUPLICATES], rendered[REJECTS]]
+        examples = rendered[EXAMPLES]
+    else:
+        examples = parsed[EXAMPLES]
+    if config.tfrecord_prefix is not None:
+        _write_examples(p, config, examples)
     (
         rejects
         | "All rejects" >> beam.Flatten()
@@ -174,6 +188,39 @@ def build(
             config.parquet_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard
         )
     )
+
+
+def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:
+    """The same records `medbeam tfrecord from-dicom-png` writes, straight from DICOM, plus features.json."""
+    from medbeam.io import tfrecord
+    from medbeam.pipelines.png_to_tfrecord import dicom_png_feature_specs
+
+    shards = examples | "Write TFRecords" >> tfrecord.WriteExamples(
+        config.tfrecord_prefix, config.tfrecord_num_shards
+    )
+    stats = examples | "Record stats" >> beam.Map(_record_stats)
+    shape = None
+    if config.render.resize is not None:
+        from medbeam.imaging.codec import ImageShape
+
+        shape = ImageShape(*config.render.resize, None)
+    _ = p | "Describe TFRecords" >> tfrecord.DescribeDataset(
+        config.tfrecord_prefix,
+        "medbeam dicom export",
+        dicom_png_feature_specs(shape),
+        stats,
+        shards,
+        None,
+        ("records_written",),
+    )
+
+
+def _record_stats(_: tuple[str, bytes]) -> dict[str, int]:
+    from medbeam.io.tfrecord import present_key
+
+    stats = {"records_written": 1}
+    stats.update({present_key(n): 1 for n in ("study", "series", "instance", "frame", "png_bytes")})
+    return stats
 
 
 def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
@@ -217,7 +264,7 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
         total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
         options = PipelineOptions(_use_all_cores(beam_args, total))
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
-        two_passes = config.png_dir is not None and config.dicomweb is None
+        two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
         stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
         with ProgressMonitor(progress_dir, stages, enabled=config.progress and local) as monitor:
             pipeline = beam.Pipeline(options=options)

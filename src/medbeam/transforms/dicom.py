@@ -21,7 +21,7 @@ from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
 
 NAMESPACE = "medbeam"
-TYPES, IMAGES, REJECTS, DUPLICATES = "types", "images", "rejects", "duplicates"
+TYPES, IMAGES, REJECTS, DUPLICATES, EXAMPLES = "types", "images", "rejects", "duplicates", "examples"
 
 
 class FileOpener:
@@ -38,19 +38,36 @@ class FileOpener:
 
 
 class Renderer:
-    """Render one dataset's frames and write them as PNGs under png_dir; returns the number written."""
+    """Render one dataset's frames; write them as PNGs under png_dir and/or as tf.train.Example records.
 
-    def __init__(self, png_dir: str, options: RenderOptions, storage: files.Storage | None = None):
+    `render()` returns the number of frames and the (key, serialized Example) records, if asked for.
+    """
+
+    def __init__(
+        self,
+        png_dir: str | None,
+        options: RenderOptions,
+        storage: files.Storage | None = None,
+        examples: bool = False,
+    ):
         self.png_dir = png_dir
         self.options = options
+        self.examples = examples
         self._storage = storage or files.Storage()
 
-    def write_pngs(self, ds: Any, key: tuple[str, str, str]) -> int:
+    def render(self, ds: Any, key: tuple[str, str, str]) -> tuple[int, list[tuple[str, bytes]]]:
         pngs = render_png_frames(ds, self.options)
-        for target, data in zip(png_paths(self.png_dir, key, len(pngs)), pngs, strict=True):
-            with self._storage.create(target) as f:
-                f.write(data)
-        return len(pngs)
+        if self.png_dir is not None:
+            for target, data in zip(png_paths(self.png_dir, key, len(pngs)), pngs, strict=True):
+                with self._storage.create(target) as f:
+                    f.write(data)
+        records = []
+        if self.examples:
+            from medbeam.pipelines.png_to_tfrecord import dicom_png_example
+
+            for frame, (relative, data) in enumerate(zip(png_paths("", key, len(pngs)), pngs), start=1):
+                records.append((relative.lstrip("/"), dicom_png_example(*key, data, frame=frame)))
+        return len(pngs), records
 
 
 class ParseDicomFn(beam.DoFn):
@@ -110,13 +127,15 @@ class ParseDicomFn(beam.DoFn):
             if self._inline_renderer is None:
                 yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
                 return
-            count = self._inline_renderer.write_pngs(ds, key)
+            count, records = self._inline_renderer.render(ds, key)
         except Exception as exc:  # noqa: BLE001 - row kept, PNG impossible: a pixel-stage reject
             self._pixel_errors.inc()
             yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
         else:
             self._rendered.inc()
             self._pngs.inc(count)
+            for record in records:
+                yield TaggedOutput(EXAMPLES, record)
 
 
 class MergeSchemaFn(beam.CombineFn):
@@ -178,14 +197,15 @@ class RenderPngFn(beam.DoFn):
         try:
             with self._opener.open(path) as fp:
                 ds = read_dataset(fp, defer_size=None)
-            count = self._renderer.write_pngs(ds, key)
+            count, records = self._renderer.render(ds, key)
         except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
             self._pixel_errors.inc()
             yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
         else:
             self._rendered.inc()
             self._pngs.inc(count)
-            yield count
+            for record in records:
+                yield TaggedOutput(EXAMPLES, record)
         finally:
             self._ticker.tick()
 
