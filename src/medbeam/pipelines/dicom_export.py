@@ -18,11 +18,12 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
+from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.transforms.dicom import (
     DUPLICATES,
     EXAMPLES,
@@ -228,29 +229,9 @@ def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
         yield match.path, match.size_in_bytes
 
 
-def _is_local_runner(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "direct" in str(runner).lower() or "prism" in str(runner).lower()
-
-
-def _use_all_cores(beam_args: list[str], file_count: int) -> list[str]:
-    """Large local inputs get every core unless the user chose the DirectRunner's mode or workers."""
-    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args)
-    cores = os.cpu_count() or 1
-    if chosen or cores < 2 or file_count < AUTO_PARALLEL_MIN_FILES:
-        return beam_args
-    return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
-
-
 def _counts_from(result: beam.runners.runner.PipelineResult) -> ExportCounts:
-    counts = ExportCounts()
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    for counter in query["counters"]:
-        name = counter.key.metric.name
-        if hasattr(counts, name):
-            value = counter.committed if counter.committed is not None else counter.attempted
-            setattr(counts, name, getattr(counts, name) + int(value or 0))
-    return counts
+    values = counters_from(result, NAMESPACE)
+    return ExportCounts(**{name: values.get(name, 0) for name in ExportCounts.__dataclass_fields__})
 
 
 def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCounts:
@@ -258,11 +239,12 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     beam_args = list(beam_args or [])
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    local = _is_local_runner(options)
+    local = is_local_runner(options)
     total = None
-    if local and config.inputs:
-        total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
-        options = PipelineOptions(_use_all_cores(beam_args, total))
+    if local:
+        if config.inputs:
+            total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
+        options = PipelineOptions(local_beam_args(beam_args, (total or 0) >= AUTO_PARALLEL_MIN_FILES))
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
         two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
         stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}

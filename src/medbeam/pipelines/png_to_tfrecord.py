@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 
 from medbeam.imaging.codec import (
@@ -35,6 +35,7 @@ from medbeam.imaging.codec import (
     ImageShape,
     transcode,
 )
+from medbeam.pipelines.common import is_local_runner, local_beam_args
 from medbeam.io import files, tables
 from medbeam.io import tfrecord as tfr
 from medbeam.transforms.errors import REJECT_SCHEMA, reject
@@ -282,20 +283,6 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
 # Running (shared with images_to_tfrecord)
 
 
-def is_local_runner(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "direct" in str(runner).lower() or "prism" in str(runner).lower()
-
-
-def use_all_cores(beam_args: list[str], file_count: int) -> list[str]:
-    """Large local inputs get every core unless the user chose the DirectRunner's mode or workers."""
-    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args)
-    cores = os.cpu_count() or 1
-    if chosen or cores < 2 or file_count < AUTO_PARALLEL_MIN_FILES:
-        return beam_args
-    return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
-
-
 def pipeline_options(beam_args: list[str] | None, count_files) -> PipelineOptions:
     """Beam options from pass-through args; local runs over many files use every core.
 
@@ -305,7 +292,7 @@ def pipeline_options(beam_args: list[str] | None, count_files) -> PipelineOption
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
     if is_local_runner(options):
-        options = PipelineOptions(use_all_cores(beam_args, count_files()))
+        options = PipelineOptions(local_beam_args(beam_args, count_files() >= AUTO_PARALLEL_MIN_FILES))
     return options
 
 

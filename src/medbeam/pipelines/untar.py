@@ -23,10 +23,11 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import TaggedOutput
 
 from medbeam.io import archives, files, tables
+from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
 
 NAMESPACE = "medbeam.untar"
@@ -254,27 +255,17 @@ def build(p: beam.Pipeline, config: UntarConfig) -> None:
 # Running (shared with the decompress job)
 
 
-def is_local_runner(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "direct" in str(runner).lower() or "prism" in str(runner).lower()
-
-
-def local_beam_args(beam_args: list[str], patterns: list[str], exclude_dir: str) -> list[str]:
+def local_run_args(beam_args: list[str], patterns: list[str], exclude_dir: str) -> list[str]:
     """On the local runner, several large inputs get every core unless the user chose the mode or workers."""
-    options = PipelineOptions(beam_args)
-    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args)
-    cores = os.cpu_count() or 1
-    if chosen or cores < 2 or not is_local_runner(options):
+    if not is_local_runner(PipelineOptions(beam_args)):
         return beam_args
     sizes: dict[str, int] = {}
     for result in FileSystems.match(patterns):
         for m in result.metadata_list:
             if not m.path.endswith("/") and not archives.is_under(m.path, exclude_dir):
                 sizes[m.path] = m.size_in_bytes
-    if len(sizes) < AUTO_PARALLEL_MIN_FILES or sum(sizes.values()) < AUTO_PARALLEL_MIN_BYTES:
-        return beam_args
-    workers = min(cores, len(sizes))
-    return [*beam_args, "--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
+    parallel = len(sizes) >= AUTO_PARALLEL_MIN_FILES and sum(sizes.values()) >= AUTO_PARALLEL_MIN_BYTES
+    return local_beam_args(beam_args, parallel, workers=len(sizes))
 
 
 def check_inputs_exist(patterns: list[str]) -> None:
@@ -282,16 +273,6 @@ def check_inputs_exist(patterns: list[str]) -> None:
     for pattern in patterns:
         if not files.is_glob(pattern) and not FileSystems.exists(pattern):
             raise FileNotFoundError(f"no such input: {pattern}")
-
-
-def counters_from(result: beam.runners.runner.PipelineResult, namespace: str) -> dict[str, int]:
-    values: dict[str, int] = {}
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(namespace))
-    for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        name = counter.key.metric.name
-        values[name] = values.get(name, 0) + int(value or 0)
-    return values
 
 
 def by_stage(values: dict[str, int]) -> dict[str, int]:
@@ -302,7 +283,7 @@ def run_pipeline(build_fn, config, beam_args: list[str], patterns: list[str], ex
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
     check_inputs_exist(patterns)
-    options = PipelineOptions(local_beam_args(beam_args, patterns, exclude_dir))
+    options = PipelineOptions(local_run_args(beam_args, patterns, exclude_dir))
     pipeline = beam.Pipeline(options=options)
     build_fn(pipeline, config)
     result = pipeline.run()
