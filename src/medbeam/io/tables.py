@@ -8,10 +8,10 @@ count follows the row count, so the same input always gives the same files.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,8 +40,13 @@ def bigquery_schema_path(table_dir: str, name: str) -> str:
 
 
 def stable_shard(key: str, num_shards: int) -> int:
-    """Same key, same shard, on every worker and every run (unlike Python's salted hash())."""
-    return zlib.crc32(key.encode("utf-8")) % num_shards
+    """Same key, same shard, on every worker and every run (unlike Python's salted hash()).
+
+    A cryptographic digest, not crc32: CRC is linear, so keys that differ in one character (…/1.0.png,
+    …/1.1.png) differ by a constant and often land in the same shard modulo a small count.
+    """
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % num_shards
 
 
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:

@@ -16,7 +16,6 @@ Three layers:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -36,6 +35,7 @@ from apache_beam.pvalue import AsSingleton, PCollection
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from medbeam.io import files
+from medbeam.io.tables import stable_shard
 
 # ---------------------------------------------------------------------------------------------------
 # tf.train.Example, from a descriptor pool of our own
@@ -352,16 +352,6 @@ def check_prefix(prefix: str) -> None:
         raise ValueError(
             f"the output must be a file prefix such as out/tfrecords/train, not a directory: {prefix!r}"
         )
-
-
-def stable_shard(key: str, num_shards: int) -> int:
-    """Same key, same shard, on every worker and every run.
-
-    A cryptographic digest, not crc32: CRC is linear, so keys that differ in one character (…/1.0.png,
-    …/1.1.png) differ by a constant and often land in the same shard modulo a small count.
-    """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
 
 
 def auto_num_shards(total_bytes: int, target_bytes: int = DEFAULT_SHARD_BYTES) -> int:
