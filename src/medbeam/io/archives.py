@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import pyarrow as pa
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from medbeam.io import files
