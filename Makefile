@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-dicomweb clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,10 +14,15 @@ demo: $(STAMP)
 	$(VENV)/bin/medbeam demo --out demo-out
 
 test: $(STAMP)
+	scripts/ensure-orthanc.sh
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_dicom_export.py
+
+bench-dicomweb: $(STAMP)
+	scripts/ensure-orthanc.sh
+	$(PY) benchmarks/bench_dicomweb.py
 
 clean:
 	rm -rf demo-out bench-out

@@ -13,11 +13,14 @@ from typing import Annotated
 
 import typer
 
+from medbeam import cli_dicomweb as dw
 from medbeam import cli_files, cli_tfrecord
+from medbeam.cli_dicomweb import register as register_dicomweb
 
 app = typer.Typer(help="Apache Beam pipelines for medical imaging data.", no_args_is_help=True)
 dicom_app = typer.Typer(help="DICOM jobs.", no_args_is_help=True)
 app.add_typer(dicom_app, name="dicom")
+register_dicomweb(dicom_app)
 app.add_typer(cli_files.app, name="files")
 app.add_typer(cli_tfrecord.app, name="tfrecord")
 
@@ -39,9 +42,28 @@ def _fail(message: str) -> None:
 def dicom_export(
     ctx: typer.Context,
     inputs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Option("--input", "-i", help="File, directory or glob (local, gs://, s3://); repeatable."),
-    ],
+    ] = None,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(
+            help="Export from a DICOMweb store instead of files: base URL, or the Cloud Healthcare shorthand "
+            "projects/P/locations/L/datasets/D/dicomStores/S."
+        ),
+    ] = None,
+    studies: Annotated[
+        list[str] | None, typer.Option("--study", help="With --dicomweb: only this StudyInstanceUID; repeatable.")
+    ] = None,
+    user: dw.User = None,
+    password_env: dw.PasswordEnv = None,
+    password_file: dw.PasswordFile = None,
+    token_env: dw.TokenEnv = None,
+    token_file: dw.TokenFile = None,
+    google_auth: dw.GoogleAuth = False,
+    retries: dw.Retries = 5,
+    retry_backoff: dw.RetryBackoff = 1.0,
+    timeout: dw.Timeout = 300.0,
     png_dir: Annotated[str | None, typer.Option(help="Write {study}/{series}/{instance}.png here.")] = None,
     duckdb: Annotated[str | None, typer.Option(help="Local DuckDB file for tables dicom_metadata and rejects.")] = None,
     parquet_dir: Annotated[
@@ -70,6 +92,22 @@ def dicom_export(
     from medbeam.dicom.render import RenderOptions
     from medbeam.pipelines.dicom_export import ExportConfig, run
 
+    if bool(inputs) == (dicomweb is not None):
+        _fail("give --input (files) or --dicomweb (a DICOM store), exactly one of the two")
+    settings = None
+    if dicomweb is not None:
+        settings = dw.dicomweb_settings(
+            dicomweb,
+            user=user,
+            password_env=password_env,
+            password_file=password_file,
+            token_env=token_env,
+            token_file=token_file,
+            google_auth=google_auth,
+            retries=retries,
+            retry_backoff=retry_backoff,
+            timeout=timeout,
+        )
     if (window_center is None) != (window_width is None):
         _fail("--window-center and --window-width go together")
     if png_dir is None and duckdb is None and parquet_dir is None and tfrecord_prefix is None:
@@ -85,7 +123,9 @@ def dicom_export(
             png_compression=png_compression,
         )
         config = ExportConfig(
-            inputs=inputs,
+            inputs=inputs or [],
+            dicomweb=settings,
+            studies=studies or [],
             png_dir=png_dir,
             parquet_dir=parquet_dir,
             duckdb_path=duckdb,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from urllib.parse import unquote
 from collections.abc import Iterable, Iterator
 from functools import reduce
 from typing import Any, BinaryIO
@@ -210,14 +211,8 @@ class RenderPngFn(beam.DoFn):
             self._ticker.tick()
 
 
-def dicomweb_instance_uri(base_url: str, key: tuple[str, str, str]) -> str:
-    """The WADO-RS URI of an instance: what the `path` column and rejects name for store exports."""
-    study, series, sop = key
-    return f"{base_url.rstrip('/')}/studies/{study}/series/{series}/instances/{sop}"
-
-
 def _key_from_dicomweb_uri(uri: str) -> tuple[str, str, str]:
-    parts = uri.rstrip("/").split("/")
+    parts = [unquote(p) for p in uri.rstrip("/").split("/")]
     if len(parts) < 6 or (parts[-6], parts[-4], parts[-2]) != ("studies", "series", "instances"):
         raise ValueError(f"not a WADO-RS instance URI: {uri}")
     return parts[-5], parts[-3], parts[-1]
@@ -252,8 +247,8 @@ class EnumerateStoreFn(beam.DoFn):
         self._studies = studies or None
 
     def process(self, _: Any) -> Iterator[tuple[str, None]]:
-        from medbeam.io.dicomweb import enumerate_instances
+        from medbeam.io.dicomweb import enumerate_instances, instance_url
 
         client = self._settings.make_client()
-        for key in enumerate_instances(client, studies=self._studies):
-            yield dicomweb_instance_uri(self._settings.url, tuple(key)), None
+        for ref in enumerate_instances(client, studies=self._studies):
+            yield instance_url(self._settings.url, ref.study, ref.series, ref.sop), None
