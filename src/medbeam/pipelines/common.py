@@ -15,23 +15,27 @@ def is_local_runner(options: PipelineOptions) -> bool:
     return runner is None or any(h in str(runner).lower() for h in _LOCAL_RUNNER_HINTS)
 
 
-def local_beam_args(beam_args: list[str], parallel: bool, workers: int | None = None) -> list[str]:
+def local_beam_args(
+    beam_args: list[str], parallel: bool, workers: int | None = None, mode: str = "multi_processing"
+) -> list[str]:
     """Beam args for a local run.
 
     With no --runner, the DirectRunner's batch engine (FnApiRunner) is named outright: Beam's DirectRunner
     would first try to download the Prism runner from GitHub, which an offline machine waits for and an
-    online one silently switches to. With `parallel` (a large input) every core is used
-    (`multi_processing`, `workers` or all cores) unless the user chose the running mode or worker count.
+    online one silently switches to. With `parallel` (a large input) the run fans out, unless the user
+    chose the running mode or worker count: `multi_processing` over every core (at most `workers`), or
+    `multi_threading` with `workers` threads for work that waits on a server.
     """
     args = list(beam_args)
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
         args.append("--runner=FnApiRunner")
     chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in args)
+    if not parallel or chosen:
+        return args
     cores = os.cpu_count() or 1
-    if parallel and not chosen and cores > 1:
-        count = min(cores, workers) if workers else cores
-        if count > 1:
-            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={count}"]
+    count = (workers or 1) if mode == "multi_threading" else min(cores, workers or cores)
+    if count > 1:
+        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={count}"]
     return args
 
 

@@ -44,7 +44,7 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pvalue import AsSingleton, TaggedOutput
 from pydicom import uid as uids
 from pydicom.dataelem import RawDataElement
@@ -52,6 +52,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from medbeam.dicom.identity import is_lossy
 from medbeam.dicom.reader import NotDicomError, has_dicm_prefix, read_dataset
+from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.io import dicomweb, files, tables
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
@@ -630,29 +631,9 @@ def build(
 # Running
 
 
-def _is_local_runner(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "direct" in str(runner).lower() or "prism" in str(runner).lower()
-
-
-def _send_from_threads(beam_args: list[str], file_count: int, config: ImportConfig) -> list[str]:
-    """Local runs with several batches send them from AUTO_THREADS threads (the work is waiting on the
-    server), unless the user chose the DirectRunner's mode or workers."""
-    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in beam_args)
-    if chosen or file_count < AUTO_THREADS_MIN_BATCHES * config.max_batch_instances:
-        return beam_args
-    return [*beam_args, "--direct_running_mode=multi_threading", f"--direct_num_workers={AUTO_THREADS}"]
-
-
 def _counts_from(result: beam.runners.runner.PipelineResult) -> ImportCounts:
-    counts = ImportCounts()
-    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))
-    for counter in query["counters"]:
-        name = counter.key.metric.name
-        if hasattr(counts, name):
-            value = counter.committed if counter.committed is not None else counter.attempted
-            setattr(counts, name, getattr(counts, name) + int(value or 0))
-    return counts
+    values = counters_from(result, NAMESPACE)
+    return ImportCounts(**{k: v for k, v in values.items() if k in ImportCounts.__dataclass_fields__})
 
 
 def preflight(settings: dicomweb.DicomwebSettings) -> str | None:
@@ -682,11 +663,13 @@ def run(config: ImportConfig, beam_args: list[str] | None = None) -> ImportCount
             logger.warning("DICOMweb store %s: %s", config.dicomweb.url, problem)
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    local = _is_local_runner(options)
+    local = is_local_runner(options)
     total = None
     if local:
+        # Several batches are sent from AUTO_THREADS threads: the work is waiting on the server.
         total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
-        options = PipelineOptions(_send_from_threads(beam_args, total, config))
+        several_batches = total >= AUTO_THREADS_MIN_BATCHES * config.max_batch_instances
+        options = PipelineOptions(local_beam_args(beam_args, several_batches, AUTO_THREADS, "multi_threading"))
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
         stages = {"inspected": total, "sent": None}
         with ProgressMonitor(progress_dir, stages, enabled=config.progress and local) as monitor:
