@@ -13,6 +13,7 @@ import io
 import json
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -207,8 +208,15 @@ def read_table(table_dir: str, name: str) -> pa.Table:
     return pa.concat_tables(pq.read_table(io.BytesIO(files.read_bytes(p))) for p in shards)
 
 
+def default_parquet_dir(duckdb_path: str) -> str:
+    """`out/medbeam.duckdb` keeps its Parquet shards in `out/medbeam_parquet/`."""
+    path = Path(duckdb_path)
+    return str(path.with_name(path.stem + "_parquet"))
+
+
 def load_into_duckdb(duckdb_path: str, table_dir: str, names: list[str]) -> dict[str, int]:
-    """(Re)create each table in the DuckDB file from its Parquet shards; return row counts."""
+    """(Re)create each table in the (local) DuckDB file from its Parquet shards; return row counts."""
+    Path(duckdb_path).absolute().parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     with duckdb.connect(duckdb_path) as con:
         for name in names:

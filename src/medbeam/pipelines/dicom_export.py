@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -73,19 +71,13 @@ class ExportConfig:
         if self.studies and self.dicomweb is None:
             raise ValueError("--study filters a DICOMweb export; it needs --dicomweb")
         if self.parquet_dir is None and self.duckdb_path is not None:
-            self.parquet_dir = default_parquet_dir(self.duckdb_path)
+            self.parquet_dir = tables.default_parquet_dir(self.duckdb_path)
         if self.parquet_dir is None:
             raise ValueError("give --parquet-dir or --duckdb: the metadata and rejects tables need a home")
         if self.duckdb_path is not None and files.has_scheme(self.duckdb_path):
             raise ValueError("--duckdb must be a local file; use --parquet-dir for gs:// or s3:// tables")
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
-
-
-def default_parquet_dir(duckdb_path: str) -> str:
-    """`out/medbeam.duckdb` keeps its Parquet shards in `out/medbeam_parquet/`."""
-    path = Path(duckdb_path)
-    return str(path.with_name(path.stem + "_parquet"))
 
 
 @dataclass
@@ -260,6 +252,5 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
             result.wait_until_finish()
     counts = _counts_from(result)
     if config.duckdb_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(config.duckdb_path)), exist_ok=True)
         tables.load_into_duckdb(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])
     return counts

@@ -30,12 +30,10 @@ import dataclasses
 import io
 import logging
 import math
-import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -122,15 +120,9 @@ class ImportConfig:
         if self.duckdb_path is not None and files.has_scheme(self.duckdb_path):
             raise ValueError("--duckdb must be a local file; use --parquet-dir for gs:// or s3:// tables")
         if self.parquet_dir is None:
-            self.parquet_dir = default_parquet_dir(self.duckdb_path) if self.duckdb_path else DEFAULT_PARQUET_DIR
+            self.parquet_dir = tables.default_parquet_dir(self.duckdb_path) if self.duckdb_path else DEFAULT_PARQUET_DIR
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
-
-
-def default_parquet_dir(duckdb_path: str) -> str:
-    """`out/import.duckdb` keeps its Parquet shards in `out/import_parquet/` (as the export does)."""
-    path = Path(duckdb_path)
-    return str(path.with_name(path.stem + "_parquet"))
 
 
 @dataclass
@@ -684,6 +676,5 @@ def run(config: ImportConfig, beam_args: list[str] | None = None) -> ImportCount
             result.wait_until_finish()
     counts = _counts_from(result)
     if config.duckdb_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(config.duckdb_path)), exist_ok=True)
         tables.load_into_duckdb(config.duckdb_path, config.parquet_dir, [IMPORT_TABLE, REJECTS_TABLE])
     return counts

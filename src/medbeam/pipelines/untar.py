@@ -14,7 +14,6 @@ one) are reported in the rejects table with stage `collision`; they are not coun
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -293,7 +292,6 @@ def run_pipeline(build_fn, config, beam_args: list[str], patterns: list[str], ex
 
 def load_duckdb(duckdb_path: str | None, rejects_dir: str) -> None:
     if duckdb_path is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(duckdb_path)), exist_ok=True)
         tables.load_into_duckdb(duckdb_path, rejects_dir, [REJECTS_TABLE])
 
 

@@ -56,6 +56,19 @@ class Renderer:
         self.examples = examples
         self._storage = storage or files.Storage()
 
+    def render_outputs(self, ds: Any, key: tuple[str, str, str], uri: str) -> Iterator[Any]:
+        """Render and write; Example records to EXAMPLES, a failure to REJECTS (stage pixels), with counters."""
+        try:
+            count, records = self.render(ds, key)
+        except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
+            Metrics.counter(NAMESPACE, "pixel_errors").inc()
+            yield TaggedOutput(REJECTS, reject(uri, "pixels", exc))
+            return
+        Metrics.counter(NAMESPACE, "rendered_instances").inc()
+        Metrics.counter(NAMESPACE, "pngs").inc(count)
+        for record in records:
+            yield TaggedOutput(EXAMPLES, record)
+
     def render(self, ds: Any, key: tuple[str, str, str]) -> tuple[int, list[tuple[str, bytes]]]:
         pngs = render_png_frames(ds, self.options)
         if self.png_dir is not None:
@@ -94,8 +107,6 @@ class ParseDicomFn(beam.DoFn):
         self._instances = Metrics.counter(NAMESPACE, "instances")
         self._rejected = Metrics.counter(NAMESPACE, "rejected_files")
         self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
-        self._pngs = Metrics.counter(NAMESPACE, "pngs")
-        self._rendered = Metrics.counter(NAMESPACE, "rendered_instances")
 
     def setup(self) -> None:
         self._opener.setup()
@@ -128,15 +139,11 @@ class ParseDicomFn(beam.DoFn):
             if self._inline_renderer is None:
                 yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
                 return
-            count, records = self._inline_renderer.render(ds, key)
-        except Exception as exc:  # noqa: BLE001 - row kept, PNG impossible: a pixel-stage reject
+        except ValueError as exc:  # row kept, PNG impossible: a pixel-stage reject
             self._pixel_errors.inc()
             yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
-        else:
-            self._rendered.inc()
-            self._pngs.inc(count)
-            for record in records:
-                yield TaggedOutput(EXAMPLES, record)
+            return
+        yield from self._inline_renderer.render_outputs(ds, key, path)
 
 
 class MergeSchemaFn(beam.CombineFn):
@@ -186,8 +193,6 @@ class RenderPngFn(beam.DoFn):
         self._renderer = renderer
         self._ticker = ticker
         self._opener = opener or FileOpener()
-        self._pngs = Metrics.counter(NAMESPACE, "pngs")
-        self._rendered = Metrics.counter(NAMESPACE, "rendered_instances")
         self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
 
     def setup(self) -> None:
@@ -198,15 +203,11 @@ class RenderPngFn(beam.DoFn):
         try:
             with self._opener.open(path) as fp:
                 ds = read_dataset(fp, defer_size=None)
-            count, records = self._renderer.render(ds, key)
         except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
             self._pixel_errors.inc()
             yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
         else:
-            self._rendered.inc()
-            self._pngs.inc(count)
-            for record in records:
-                yield TaggedOutput(EXAMPLES, record)
+            yield from self._renderer.render_outputs(ds, key, path)
         finally:
             self._ticker.tick()
 
