@@ -16,7 +16,8 @@ Run by hand (it is not a test); needs Orthanc (scripts/ensure-orthanc.sh) and gc
    - the same with `--direct_num_workers=1` (one sender), and with batches of 1;
    - a re-import (everything already present: QIDO-RS lookups only, nothing sent);
    - `enumerate_instances` over the whole store, then `retrieve_instance_bytes` for every instance,
-     sequential and from 4 threads.
+     sequential and from 4 threads;
+   - the whole export (metadata table + PNGs) from the files, then from the store, same defaults.
 Instances/s and MB/s are printed as a table and written to ``OUT/bench_dicomweb.json``. The client and
 Orthanc share this machine's cores, so the figures are the floor of what a real server allows.
 """
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from medbeam.io import dicomweb as dw
+from medbeam.pipelines import dicom_export as de
 from medbeam.pipelines import dicom_import as di
 from tests.orthanc import OrthancServer, build_loopback_shim, missing_prerequisite
 
@@ -82,6 +84,10 @@ def make_corpus(directory: Path, count: int) -> list[Path]:
         ds.PixelData = np.roll(base, i, axis=0).tobytes()
         ds.save_as(path, enforce_file_format=True)
     return paths
+
+
+def settings_for(server: OrthancServer) -> dw.DicomwebSettings:
+    return dw.DicomwebSettings.from_options(server.dicomweb_url)
 
 
 def rate(count: int, total_bytes: int, seconds: float) -> dict:
@@ -182,6 +188,19 @@ def main() -> None:
                 )
                 fetched = sum(sizes)
             results["retrieve_instance_bytes, 4 threads"] = rate(len(refs), fetched, time.perf_counter() - start)
+
+            # The whole export (rows + PNGs + tables), from the files and from the store, same defaults.
+            for name, source in (
+                ("export, direct from the files", {"inputs": [str(corpus_dir)]}),
+                ("export from the store (QIDO-RS + WADO-RS)", {"dicomweb": settings_for(server)}),
+            ):
+                target = work / name.replace(" ", "_")
+                start = time.perf_counter()
+                counts = de.run(
+                    de.ExportConfig(png_dir=str(target / "png"), parquet_dir=str(target / "t"), progress=False, **source)
+                )
+                results[name] = rate(counts.instances, total_bytes, time.perf_counter() - start)
+                assert counts.pngs == len(paths), counts
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -192,7 +211,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = {"instances": len(paths), "bytes": total_bytes, "cpus": os.cpu_count(), "results": results}
     (args.out / "bench_dicomweb.json").write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {args.out / 'bench_dicomweb.json'}")
+    direct = results["export, direct from the files"]["seconds"]
+    store = results["export from the store (QIDO-RS + WADO-RS)"]["seconds"]
+    print(f"\nexport from the store takes {store / direct:.2f}x the time of the direct file export")
+    print(f"written: {args.out / 'bench_dicomweb.json'}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ only some runners have; on remote runners progress is simply off.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -37,7 +38,8 @@ class ProgressMonitor:
     def __init__(self, directory: str, stages: dict[str, int | None], enabled: bool = True):
         self.paths = {name: str(Path(directory) / f"{name}.ticks") for name in stages}
         self._totals = stages
-        self._enabled = enabled
+        # Bars redraw lines in place: on a log or a pipe that is noise, so they only go to a terminal.
+        self._enabled = enabled and sys.stderr.isatty()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
