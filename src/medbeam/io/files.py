@@ -53,8 +53,13 @@ def read_bytes(path: str) -> bytes:
 
 def list_files(pattern: str) -> list[str]:
     """Every file matching `pattern` (no directories), sorted; [] when nothing matches."""
+    return [path for path, _ in list_files_with_sizes(pattern)]
+
+
+def list_files_with_sizes(pattern: str) -> list[tuple[str, int]]:
+    """(path, size in bytes) of every file matching `pattern` (no directories), sorted by path."""
     result = FileSystems.match([pattern])[0]
-    return sorted(m.path for m in result.metadata_list if not m.path.endswith("/"))
+    return sorted((m.path, m.size_in_bytes) for m in result.metadata_list if not m.path.endswith("/"))
 
 
 def delete_files(paths: list[str]) -> None:

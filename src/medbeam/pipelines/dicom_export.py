@@ -42,8 +42,16 @@ from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
 
 METADATA_TABLE = "dicom_metadata"
-#: Local runs with at least this many files use every core (DirectRunner multi_processing).
-AUTO_PARALLEL_MIN_FILES = 200
+#: Local runs use every core (DirectRunner multi_processing) when the work is estimated at this many
+#: seconds on one core: each worker process takes ~2-3 s to start (importing Beam), so smaller runs are
+#: faster on one. The estimate is measured per-file and per-byte costs of this job on one core.
+AUTO_PARALLEL_MIN_SECONDS = 10.0
+_SECONDS_PER_FILE = 0.006
+_SECONDS_PER_BYTE = 2.0e-9
+
+
+def estimated_serial_seconds(file_count: int, total_bytes: int) -> float:
+    return file_count * _SECONDS_PER_FILE + total_bytes * _SECONDS_PER_BYTE
 
 
 @dataclass
@@ -125,8 +133,9 @@ def build(
             | "Patterns" >> beam.Create(patterns)
             | "Match" >> fileio.MatchAll()
             | "Files only" >> beam.FlatMap(_path_and_size)
-            | "Distinct" >> beam.Distinct()  # overlapping patterns must not duplicate rows
         )
+        if len(set(patterns)) > 1:
+            instances = instances | "Distinct" >> beam.Distinct()  # overlapping patterns: no duplicate rows
         opener, inline_renderer = FileOpener(storage), None
     else:
         # A store holds each SOP instance once: no duplicates to arbitrate, so render from the same fetch.
@@ -162,8 +171,7 @@ def build(
             | "Choose source" >> beam.ParDo(ChooseRenderSourceFn()).with_outputs(DUPLICATES, main="chosen")
         )
         rendered = (
-            chosen.chosen
-            | "Spread renders" >> beam.Reshuffle()
+            chosen.chosen  # already spread by output path: the GroupByKey above is the fan-out
             | "Render PNGs" >> beam.ParDo(
                 RenderPngFn(renderer, render_ticker or ProgressTicker(None), opener)
             ).with_outputs(REJECTS, EXAMPLES)
@@ -234,9 +242,10 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     local = is_local_runner(options)
     total = None
     if local:
-        if config.inputs:
-            total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
-        options = PipelineOptions(local_beam_args(beam_args, (total or 0) >= AUTO_PARALLEL_MIN_FILES))
+        matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.normalize_input_pattern(i))}
+        total = len(matches) if config.inputs else None
+        work = estimated_serial_seconds(len(matches), sum(size for _, size in matches))
+        options = PipelineOptions(local_beam_args(beam_args, work >= AUTO_PARALLEL_MIN_SECONDS))
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
         two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
         stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
