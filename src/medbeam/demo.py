@@ -38,6 +38,7 @@ def run_demo(out: Path, progress: bool = True) -> None:
         inputs=inputs,
         png_dir=str(out / "png"),
         duckdb_path=str(out / "medbeam.duckdb"),
+        tfrecord_prefix=str(out / "tfrecords" / "dicom"),
         progress=progress,
     )
     typer.echo("exporting " + ", ".join(inputs))
@@ -67,6 +68,19 @@ def run_demo(out: Path, progress: bool = True) -> None:
     png_count = sum(1 for _ in (out / "png").rglob("*.png")) if (out / "png").exists() else 0
     typer.echo(f"\n{png_count} PNG files under {out / 'png'}/{{study}}/{{series}}/{{instance}}.png")
     typer.echo(f"DuckDB: {config.duckdb_path} — try: duckdb {config.duckdb_path} \"SELECT * FROM rejects\"")
+    _print_tfrecords(config.tfrecord_prefix)
+
+
+def _print_tfrecords(prefix: str) -> None:
+    """The TFRecords written from the same rendered PNGs: record count, shards and feature spec."""
+    from medbeam.io.tfrecord import read_description
+
+    doc = read_description(prefix)
+    typer.echo(f"\n{doc['records']} tf.train.Example records in {len(doc['files'])} shard(s): {prefix}-*-of-*.tfrecord")
+    typer.echo("Feature spec (from " + prefix + ".features.json):")
+    for feature in doc["features"]:
+        shape = "varlen" if feature.get("varlen") else feature.get("shape")
+        typer.echo(f"  {feature['name']:<10} {feature['dtype']:<7} {shape}  {feature.get('description', '')}")
 
 
 def _print_query(con: duckdb.DuckDBPyConnection, title: str, sql: str) -> None:

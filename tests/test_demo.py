@@ -1,0 +1,21 @@
+"""`make demo` end to end on the bundled corpus: it runs offline and reports what it did."""
+
+from __future__ import annotations
+
+import re
+
+from medbeam.demo import run_demo
+
+
+def test_demo_exports_the_corpus_and_reports_tables_pngs_and_tfrecords(tmp_path, capsys):
+    run_demo(tmp_path, progress=False)
+    out = capsys.readouterr().out
+    files_in, instances, pngs, rejected = map(
+        int, re.search(r"(\d+) files in, (\d+) instances written, (\d+) PNGs, (\d+) rejected", out).groups()
+    )
+    assert files_in == instances + rejected and instances > 200 and pngs > 200
+    assert "Instances per modality" in out and "Rejects by stage and reason" in out
+    records = int(re.search(r"(\d+) tf.train.Example records", out).group(1))
+    assert records == pngs
+    assert "png_bytes" in out and "study" in out
+    assert len(list((tmp_path / "png").rglob("*.png"))) == pngs
