@@ -327,3 +327,27 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BucketEmu
             yield emulator
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fixtures the gs:// and s3:// tests of every job share
+
+#: scheme → the session fixture of its emulator
+SCHEMES = {"gs": "gcs_emulator", "s3": "s3_emulator"}
+
+
+@pytest.fixture
+def restore_filesystem_options() -> Iterator[None]:
+    """run() and beam.Pipeline() set FileSystems' process-wide options: leave them as found.
+    Modules use it for every test: `pytestmark = pytest.mark.usefixtures("restore_filesystem_options")`."""
+    from apache_beam.io.filesystems import FileSystems
+
+    previous = FileSystems._pipeline_options  # noqa: SLF001
+    yield
+    FileSystems.set_options(previous)
+
+
+@pytest.fixture(params=sorted(SCHEMES))
+def store(request: pytest.FixtureRequest) -> BucketEmulator:
+    """Each test that takes it runs once against gs:// and once against s3://."""
+    return request.getfixturevalue(SCHEMES[request.param])

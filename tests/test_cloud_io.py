@@ -24,11 +24,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from pydicom.data import get_testdata_file
 
 from medbeam.pipelines.dicom_export import ExportConfig, run
-from tests.emulators import BucketEmulator, filesystem_options
+from tests.emulators import SCHEMES, BucketEmulator, filesystem_options
 
 pytest_plugins = ["tests.emulators"]
-
-SCHEMES = {"gs": "gcs_emulator", "s3": "s3_emulator"}
+pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 #: key under the input prefix → the test file it holds. MR_small_RLE is the same SOP instance as MR_small.
 CORPUS = {
@@ -58,19 +57,6 @@ def _headers() -> dict[str, pydicom.Dataset]:
         ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = ds
     return out
-
-
-@pytest.fixture(autouse=True)
-def _restore_filesystem_options():
-    """run() and beam.Pipeline() set FileSystems' process-wide options: leave them as found."""
-    previous = FileSystems._pipeline_options  # noqa: SLF001
-    yield
-    FileSystems.set_options(previous)
-
-
-@pytest.fixture(params=sorted(SCHEMES))
-def store(request) -> BucketEmulator:
-    return request.getfixturevalue(SCHEMES[request.param])
 
 
 def _upload_corpus(store: BucketEmulator, prefix: str) -> dict[str, str]:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from apache_beam.io.filesystems import FileSystems
 from typer.testing import CliRunner
 
 from medbeam.cli_files import app
@@ -22,6 +21,7 @@ from medbeam.pipelines.decompress import DecompressConfig, run
 from tests.emulators import BucketEmulator
 
 pytest_plugins = ["tests.emulators"]
+pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 TEXT = b"patient,label\n" + b"".join(b"p%05d,%d\n" % (i, i % 3) for i in range(5000))
 
@@ -286,18 +286,6 @@ def test_cli_prints_counts(corpus, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # gs:// and s3://
-
-
-@pytest.fixture(autouse=True)
-def _restore_filesystem_options():
-    previous = FileSystems._pipeline_options  # noqa: SLF001 - run() sets process-wide options
-    yield
-    FileSystems.set_options(previous)
-
-
-@pytest.fixture(params=["gs", "s3"])
-def store(request) -> BucketEmulator:
-    return request.getfixturevalue({"gs": "gcs_emulator", "s3": "s3_emulator"}[request.param])
 
 
 def test_object_store(store: BucketEmulator, tmp_path):

@@ -17,7 +17,6 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pytest
-from apache_beam.io.filesystems import FileSystems
 from typer.testing import CliRunner
 
 from medbeam.cli_files import app
@@ -27,6 +26,7 @@ from medbeam.pipelines.untar import UntarConfig, run
 from tests.emulators import BucketEmulator
 
 pytest_plugins = ["tests.emulators"]
+pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 GOOD = {"scans/p1/a.png": b"\x89PNG" + b"a" * 3000, "scans/p2/b.png": b"\x89PNG" + b"b" * 5000, "labels.csv": b"x,y\n"}
 
@@ -412,18 +412,6 @@ def test_cli_prints_counts(archive_dir, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # gs:// and s3://
-
-
-@pytest.fixture(autouse=True)
-def _restore_filesystem_options():
-    previous = FileSystems._pipeline_options  # noqa: SLF001 - run() sets process-wide options
-    yield
-    FileSystems.set_options(previous)
-
-
-@pytest.fixture(params=["gs", "s3"])
-def store(request) -> BucketEmulator:
-    return request.getfixturevalue({"gs": "gcs_emulator", "s3": "s3_emulator"}[request.param])
 
 
 def test_object_store(store: BucketEmulator, tmp_path):
