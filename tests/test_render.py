@@ -419,9 +419,25 @@ def test_resize_image_channels_and_errors():
 def test_resize_image_matches_single_step_area_closely():
     rng = np.random.default_rng(3)
     image = cv2.GaussianBlur(rng.integers(0, 256, (500, 410), dtype=np.uint8), (0, 0), 2)
-    for height, width in ((73, 61), (250, 205), (100, 82), (333, 400)):
+    for height, width in ((250, 205), (100, 82), (333, 400)):  # no halving first: at most 1 level off
         reference = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
         assert_close(resize_image(image, height, width), reference, tolerance=1)
+    # Far reductions are halved first (2x2 block means): a shade more blur on fine texture, little else.
+    reference = cv2.resize(image, (61, 73), interpolation=cv2.INTER_AREA)
+    halved_first = resize_image(image, 73, 61)
+    assert_close(halved_first, reference, tolerance=2)
+    assert np.abs(halved_first.astype(int) - reference).mean() < 0.5
+
+
+def test_halving_first_is_exact_at_integer_factors_and_close_on_smooth_images():
+    rng = np.random.default_rng(5)
+    texture = rng.integers(0, 4096, (480, 360), dtype=np.uint16)
+    blocks = texture.reshape(60, 8, 45, 8).mean(axis=(1, 3))
+    assert_close(resize_image(texture, 60, 45), np.rint(blocks), tolerance=1)  # 8x8 means, by 2x2 thrice
+    rows, cols = np.indices((2500, 2048))
+    smooth = (2000 + 900 * np.sin(rows / 150) * np.cos(cols / 110)).astype(np.uint16)  # X-ray-like scale
+    reference = cv2.resize(smooth, (299, 299), interpolation=cv2.INTER_AREA)
+    assert_close(resize_image(smooth, 299, 299), reference, tolerance=1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ import numpy as np
 
 # Reduction factor from which two area passes (rows, then columns) beat one.
 _TWO_PASS_MIN_FACTOR = 4.0
+# Halve first (exact 2x2 block means) while the rest of the reduction stays at least this factor:
+# Pillow's `reducing_gap` idea, whose documentation calls 3.0 indistinguishable from fair resampling.
+REDUCING_GAP = 3.0
 # dtypes cv2.resize handles natively (others go through float64 and back).
 _CV2_DTYPES = frozenset(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
 
@@ -66,13 +69,33 @@ def _shrink(img: np.ndarray, height: int, width: int) -> np.ndarray:
     Area averaging is separable, and for large reductions (both sides >= 4x) OpenCV runs it ~1.5x
     faster as two passes, rows first (2500x2048 -> 299x299: ~6 ms instead of ~9 ms); the
     intermediate's rounding makes integer results differ from one pass by at most 1. Exact integer
-    factors take OpenCV's block-mean path, which is fast and exact in one pass.
+    factors take OpenCV's block-mean path, which is fast and exact in one pass. Far larger sources
+    are first halved (see _halve_while_far).
     """
+    img = _halve_while_far(img, height, width)
     src_height, src_width = img.shape[:2]
     exact_factors = src_height % height == 0 and src_width % width == 0
     if not exact_factors and min(src_height / height, src_width / width) >= _TWO_PASS_MIN_FACTOR:
         img = _restore_channels(cv2.resize(img, (src_width, height), interpolation=cv2.INTER_AREA), img)
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _halve_while_far(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Exact 2x2 block means while both sides are even and still >= REDUCING_GAP x the target.
+
+    Why: OpenCV's INTER_AREA at a non-integer factor costs ~2 ns per source pixel (2500x2048 -> 299x299:
+    ~10 ms), while its exact-2x path is SIMD (~0.4 ms for uint8), leaving a quarter of the pixels for the
+    general path. A 2x2 box before an area filter at least REDUCING_GAP wide blurs a little more
+    than one area pass; on a smooth image the two differ by a grey level or so (tested).
+    """
+    while True:
+        src_height, src_width = img.shape[:2]
+        if src_height % 2 or src_width % 2:
+            return img
+        if src_height < 2 * REDUCING_GAP * height or src_width < 2 * REDUCING_GAP * width:
+            return img
+        half = cv2.resize(img, (src_width // 2, src_height // 2), interpolation=cv2.INTER_AREA)
+        img = _restore_channels(half, img)
 
 
 def _restore_channels(out: np.ndarray, like: np.ndarray) -> np.ndarray:
