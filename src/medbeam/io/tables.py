@@ -109,29 +109,41 @@ class _AssignShard(beam.DoFn):
 
 
 class _WriteShard(beam.DoFn):
-    def __init__(self, table_dir: str, name: str, key_columns: tuple[str, ...], rows_per_shard: int):
+    def __init__(
+        self,
+        table_dir: str,
+        name: str,
+        key_columns: tuple[str, ...],
+        rows_per_shard: int,
+        schema: pa.Schema | None,
+    ):
         self._table_dir = table_dir
         self._name = name
         self._key_columns = key_columns
         self._rows_per_shard = rows_per_shard
+        self._schema = schema
 
-    def process(self, element: tuple[int, Iterable[dict[str, Any]]], schema: pa.Schema, row_count: int):
+    def process(
+        self, element: tuple[int, Iterable[dict[str, Any]]], row_count: int, schema: pa.Schema | None = None
+    ):
         index, rows = element
         num_shards = max(1, math.ceil(row_count / self._rows_per_shard))
         ordered = sorted(rows, key=lambda r: tuple(str(r.get(c) or "") for c in self._key_columns))
         path = shard_path(self._table_dir, self._name, index, num_shards)
-        files.write_bytes(path, parquet_bytes(ordered, schema))
+        files.write_bytes(path, parquet_bytes(ordered, schema if schema is not None else self._schema))
         yield path
 
 
 class _FinishTable(beam.DoFn):
     """Write the manifest (and an empty shard for an empty table), drop stale shards, write the BQ schema."""
 
-    def __init__(self, table_dir: str, name: str):
+    def __init__(self, table_dir: str, name: str, schema: pa.Schema | None):
         self._table_dir = table_dir
         self._name = name
+        self._schema = schema
 
-    def process(self, written: list[str], schema: pa.Schema, row_count: int):
+    def process(self, _: Any, written: list[str], row_count: int, schema: pa.Schema | None = None):
+        schema = schema if schema is not None else self._schema
         shards = sorted(written)
         if not shards:
             empty = shard_path(self._table_dir, self._name, 0, 1)
@@ -154,7 +166,13 @@ class _FinishTable(beam.DoFn):
 
 
 class WriteTable(beam.PTransform):
-    """Write dict rows as one Parquet table; `schema` is a pa.Schema or a singleton PCollection of one."""
+    """Write dict rows as one Parquet table; `schema` is a pa.Schema or a PCollection of at most one.
+
+    With a PCollection, `empty_schema` is the table's schema when that PCollection is empty (no rows).
+    Few transforms on purpose: each one costs the DirectRunner milliseconds per run to build and run,
+    which small runs (tests, a few files) feel. Global combines skip Beam's default-value machinery
+    (`without_defaults`), and side-input defaults stand in for it.
+    """
 
     def __init__(
         self,
@@ -163,34 +181,44 @@ class WriteTable(beam.PTransform):
         schema: pa.Schema | PCollection,
         key_columns: tuple[str, ...],
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
+        empty_schema: pa.Schema | None = None,
     ):
         super().__init__()
         self._table_dir = table_dir
         self._name = name
         self._schema = schema
+        self._empty_schema = empty_schema if empty_schema is not None else pa.schema([])
         self._key_columns = key_columns
         self._rows_per_shard = rows_per_shard
 
     def expand(self, rows: PCollection) -> PCollection:
-        schema = self._schema
-        if not isinstance(schema, PCollection):
-            schema = rows.pipeline | f"{self._name} schema" >> beam.Create([schema])
-        schema_view = AsSingleton(schema)
-        count_view = AsSingleton(rows | "Count" >> beam.combiners.Count.Globally())
+        if isinstance(self._schema, PCollection):
+            static_schema = None
+            schema_side = {"schema": AsSingleton(self._schema, default_value=self._empty_schema)}
+        else:
+            static_schema, schema_side = self._schema, {}
+        count = rows | "Count" >> beam.CombineGlobally(beam.combiners.CountCombineFn()).without_defaults()
+        count_view = AsSingleton(count, default_value=0)
         written = (
             rows
             | "Shard" >> beam.ParDo(_AssignShard(self._key_columns[0], self._rows_per_shard), count_view)
             | "Group" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(
-                _WriteShard(self._table_dir, self._name, self._key_columns, self._rows_per_shard),
-                schema_view,
+                _WriteShard(self._table_dir, self._name, self._key_columns, self._rows_per_shard, static_schema),
                 count_view,
+                **schema_side,
             )
         )
+        collected = written | "Collect" >> beam.CombineGlobally(beam.combiners.ToListCombineFn()).without_defaults()
         return (
-            written
-            | "Collect" >> beam.combiners.ToList()
-            | "Finish" >> beam.ParDo(_FinishTable(self._table_dir, self._name), schema_view, count_view)
+            rows.pipeline
+            | f"{self._name}: finish" >> beam.Impulse()
+            | "Finish" >> beam.ParDo(
+                _FinishTable(self._table_dir, self._name, static_schema),
+                AsSingleton(collected, default_value=[]),
+                count_view,
+                **schema_side,
+            )
         )
 
 

@@ -158,9 +158,15 @@ def build(
         ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, main="rows")
     )
 
-    schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(MergeSchemaFn())
+    merge = MergeSchemaFn()
+    schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(merge).without_defaults()
     parsed.rows | "Write metadata" >> tables.WriteTable(
-        config.parquet_dir, METADATA_TABLE, schema, ("path",), config.rows_per_shard
+        config.parquet_dir,
+        METADATA_TABLE,
+        schema,
+        ("path",),
+        config.rows_per_shard,
+        empty_schema=merge.extract_output(merge.create_accumulator()),
     )
 
     rejects = [parsed[REJECTS]]
