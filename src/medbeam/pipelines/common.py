@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 _LOCAL_RUNNER_HINTS = ("direct", "prism", "fnapi")
 
@@ -13,6 +13,17 @@ _LOCAL_RUNNER_HINTS = ("direct", "prism", "fnapi")
 def is_local_runner(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or any(h in str(runner).lower() for h in _LOCAL_RUNNER_HINTS)
+
+
+def runs_in_one_local_worker(options: PipelineOptions) -> bool:
+    """True for the DirectRunner's in-memory mode with one worker: nothing to spread work over.
+
+    A Reshuffle there only adds transforms (~20 ms of build and run time each on this machine) and
+    a copy of every element; on any other runner or mode it is what fans work out, and stays.
+    """
+    direct = options.view_as(DirectOptions)
+    mode = direct.direct_running_mode or "in_memory"
+    return is_local_runner(options) and mode == "in_memory" and (direct.direct_num_workers or 1) <= 1
 
 
 def local_beam_args(

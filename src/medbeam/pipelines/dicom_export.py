@@ -1,9 +1,9 @@
 """DICOM files → metadata table (Parquet, DuckDB, BigQuery schema) + rendered PNGs + rejects.
 
     match files → reshuffle → parse headers ─┬─ rows ──────────────┐
-                                             ├─ column types → schema ─→ WriteTable(dicom_metadata)
+                                             ├─ column types → schema ─→ WriteTables(dicom_metadata,
                                              ├─ render candidates → group by output path → choose → render PNGs
-                                             └─ rejects (+ duplicates, pixel errors) → WriteTable(rejects)
+                                             └─ rejects (+ duplicates, pixel errors) ───→             rejects)
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
-from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
+from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args, runs_in_one_local_worker
 from medbeam.transforms.dicom import (
     DUPLICATES,
     EXAMPLES,
@@ -145,9 +145,10 @@ def build(
             | "QIDO-RS" >> beam.ParDo(EnumerateStoreFn(config.dicomweb, config.studies))
         )
         opener, inline_renderer = DicomwebOpener(config.dicomweb), renderer
+    if not runs_in_one_local_worker(p.options):
+        instances = instances | "Spread instances" >> beam.Reshuffle()
     parsed = (
         instances
-        | "Spread instances" >> beam.Reshuffle()
         | "Parse" >> beam.ParDo(
             ParseDicomFn(
                 wants_images,
@@ -160,14 +161,6 @@ def build(
 
     merge = MergeSchemaFn()
     schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(merge).without_defaults()
-    parsed.rows | "Write metadata" >> tables.WriteTable(
-        config.parquet_dir,
-        METADATA_TABLE,
-        schema,
-        ("path",),
-        config.rows_per_shard,
-        empty_schema=merge.extract_output(merge.create_accumulator()),
-    )
 
     rejects = [parsed[REJECTS]]
     if renderer is not None and inline_renderer is None:
@@ -188,13 +181,16 @@ def build(
         examples = parsed[EXAMPLES]
     if config.tfrecord_prefix is not None:
         _write_examples(p, config, examples)
-    (
-        rejects
-        | "All rejects" >> beam.Flatten()
-        | "Write rejects" >> tables.WriteTable(
-            config.parquet_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard
-        )
-    )
+    table_specs = [
+        tables.TableSpec(
+            METADATA_TABLE, schema, ("path",), empty_schema=merge.extract_output(merge.create_accumulator())
+        ),
+        tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
+    ]
+    _ = {
+        METADATA_TABLE: parsed.rows,
+        REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten(),
+    } | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
 
 
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:

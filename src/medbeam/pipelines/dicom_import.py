@@ -5,7 +5,7 @@
         ┌────────────────────────────────────────────────────────────────────────────────────────────┘
         └→ batch groups (hash of the SOP UID) → batches bounded by count and bytes → reshuffle
            → per batch: read files, ask the store which it has (QIDO-RS), STOW-RS the rest in one request
-           → rows: WriteTable(dicom_import)  +  rejects: WriteTable(rejects)
+           → rows + rejects: WriteTables(dicom_import, rejects)
 
 Only paths and a few UIDs travel through the shuffles; each file is read twice (its header when
 inspected, all of it when sent), never carried as bytes between steps.
@@ -606,17 +606,14 @@ def build(
     sent = batches | "STOW-RS" >> beam.ParDo(
         StowBatchFn(config.dicomweb, config.check_existing, store_ticker or ProgressTicker(None))
     ).with_outputs(REJECTS, main="rows")
-    (
-        sent.rows
-        | "Write import table"
-        >> tables.WriteTable(config.parquet_dir, IMPORT_TABLE, IMPORT_SCHEMA, ("uri",), config.rows_per_shard)
-    )
-    (
-        [inspected[REJECTS], sent[REJECTS]]
-        | "All rejects" >> beam.Flatten()
-        | "Write rejects"
-        >> tables.WriteTable(config.parquet_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard)
-    )
+    specs = [
+        tables.TableSpec(IMPORT_TABLE, IMPORT_SCHEMA, ("uri",)),
+        tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
+    ]
+    _ = {
+        IMPORT_TABLE: sent.rows,
+        REJECTS_TABLE: [inspected[REJECTS], sent[REJECTS]] | "All rejects" >> beam.Flatten(),
+    } | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
 
 
 # ---------------------------------------------------------------------------------------------------
