@@ -65,11 +65,11 @@ class Sizes:
     ct_multi: int  # CT slices for the multi-worker check (>= 1,000)
 
 
-# 60 × 10 MB fits the page cache. The multi-worker check uses 8,000 slices (4 GB): Beam's multi_processing
-# workers cost ~6 s a run on this 2-core VM (each imports Beam, ~3.4 s for two in parallel, and takes
-# ~1.8 s to shut down), against ~0.7 s in memory, so at 4,000 slices that fixed cost still decides the
-# ratio (measured 1.56×, with 1.96× once fixed costs are removed); --ct-multi sets another count.
-FULL = Sizes(xray=20, xray_299=60, ct_row=500, ct_multi=8000)
+# 60 × 10 MB fits the page cache, and so do 4,000 CT slices (2 GB) for the multi-worker check. Beam's
+# multi_processing workers cost ~5.5 s a run on this 2-core VM (each imports Beam, ~3.4 s for two in
+# parallel, and takes ~1.8 s to shut down), against ~0.6 s in memory; --ct-multi sets another count
+# (at 8,000 slices, 4 GB, the page cache no longer holds the set and the check got slower, not faster).
+FULL = Sizes(xray=20, xray_299=60, ct_row=500, ct_multi=4000)
 QUICK = Sizes(xray=6, xray_299=20, ct_row=200, ct_multi=1000)
 WARM_XRAY, WARM_CT = 1, 8  # per kind, taken from the end of the corpus, never timed
 
@@ -950,7 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out"), help="work dir (corpus cached here)")
     ap.add_argument("--no-medbeam", action="store_true", help="corpus + naive baseline only")
     ap.add_argument("--no-multi", action="store_true", help="skip the multi-worker check")
-    ap.add_argument("--ct-multi", type=int, help="CT slices for the multi-worker check (default 8000, --quick 1000)")
+    ap.add_argument("--ct-multi", type=int, help="CT slices for the multi-worker check (default 4000, --quick 1000)")
     ap.add_argument("--repeat", type=int, help="timed runs per measurement, fastest kept (default 2, --quick 1)")
     ap.add_argument("--no-pin", action="store_true", help="don't pin the per-core phase to one CPU")
     ap.add_argument("--_phase", help=argparse.SUPPRESS)
