@@ -46,7 +46,7 @@ from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
 
 METADATA_TABLE = "dicom_metadata"
 #: Local runs use every core (DirectRunner multi_processing) when the work is estimated at this many
-#: seconds on one core: each worker process takes ~2-3 s to start (importing Beam), so smaller runs are
+#: seconds on one core: worker processes cost ~5 s a run (importing Beam, shutting down), so smaller runs are
 #: faster on one. The estimate is measured per-file and per-byte costs of this job on one core.
 AUTO_PARALLEL_MIN_SECONDS = 10.0
 _SECONDS_PER_FILE = 0.006
