@@ -26,16 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
+from bench_dicom_export import warm_cache  # this script's folder is on sys.path when run
 
 def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _warm(files: list[Path]) -> None:
-    for f in files:
-        f.read_bytes()
 
 
 def _export(files: list[Path]) -> tuple[float, int]:
@@ -53,7 +47,7 @@ def _export(files: list[Path]) -> tuple[float, int]:
         render=RenderOptions(resize=(299, 299)),
         progress=False,
     )
-    _warm(files)
+    warm_cache(files)
     f0, t0 = _faults(), time.perf_counter()
     run(config, ["--direct_num_workers=1", "--direct_running_mode=in_memory"])
     seconds, faults = time.perf_counter() - t0, _faults() - f0
@@ -70,7 +64,7 @@ def _plain(files: list[Path]) -> tuple[float, int]:
 
     out = Path(tempfile.mkdtemp(prefix="ovh-plain-"))
     renderer = Renderer(str(out), RenderOptions(resize=(299, 299)))
-    _warm(files)
+    warm_cache(files)
     f0, t0 = _faults(), time.perf_counter()
     for f in files:
         with open(f, "rb") as fp:
@@ -165,7 +159,6 @@ def main() -> int:
         print(json.dumps(child([Path(p) for p in json.loads(args._child)])))
         return 0
 
-    sys.path.insert(0, str(HERE))
     import bench_dicom_export as corpus
 
     files = corpus.ensure_corpus(args.out.resolve() / f"corpus-{corpus.CORPUS_VERSION}", args.n + 1, 8)["raw"]

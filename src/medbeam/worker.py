@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import platform
-import threading
 
 _log = logging.getLogger(__name__)
 
@@ -31,20 +31,16 @@ _USER_TUNABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUN
 #: Set to 0 to leave the allocator alone.
 OPT_OUT_VARIABLE = "MEDBEAM_TUNE_MALLOC"
 
-_lock = threading.Lock()
-_done: list[bool] = []
 
-
+@functools.cache
 def tune_allocator_for_large_images() -> bool:
     """Fix glibc's mmap and trim thresholds once per process; True when they are (now or before) set.
 
     Does nothing (returns False) on a C library other than glibc, when the user tuned malloc through
-    the environment, or with MEDBEAM_TUNE_MALLOC=0.
+    the environment, or with MEDBEAM_TUNE_MALLOC=0. (Two threads racing here both call mallopt with
+    the same values, which is harmless.)
     """
-    with _lock:
-        if not _done:
-            _done.append(_apply())
-        return _done[0]
+    return _apply()
 
 
 def _apply() -> bool:
