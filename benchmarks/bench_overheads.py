@@ -28,6 +28,7 @@ from pathlib import Path
 
 from bench_dicom_export import warm_cache  # this script's folder is on sys.path when run
 
+
 def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
