@@ -222,3 +222,61 @@ def test_non_dicom_bytes_are_refused_clearly():
         read_dataset(io.BytesIO(b"hello, this is not an image" * 10))
     with pytest.raises(NotDicomError):
         read_dataset(io.BytesIO(b""))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multi-valued attributes keep every position; padding spaces that PS3.5 calls insignificant go
+
+
+def test_empty_values_keep_their_position_in_multi_valued_attributes():
+    import math
+
+    ds = Dataset()
+    _put_raw(ds, 0x00080005, "CS", "\\ISO 2022 IR 87")  # SpecificCharacterSet: default repertoire first
+    _put_raw(ds, 0x00080008, "CS", "ORIGINAL\\PRIMARY\\AXIAL\\\\X")  # ImageType, empty 4th value
+    _put_raw(ds, 0x00200032, "DS", "1.5\\\\-3")  # ImagePositionPatient, empty 2nd value
+    _put_raw(ds, 0x00101001, "PN", "Doe^J\\\\Roe^R")  # OtherPatientNames, empty 2nd name
+    _put_raw(ds, 0x00081160, "IS", "1\\\\3")  # ReferencedFrameNumber: no int that BigQuery takes in place
+    row = _row(ds)
+    assert row.values["SpecificCharacterSet"] == ["", "ISO 2022 IR 87"]
+    assert row.values["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL", "", "X"]
+    position = row.values["ImagePositionPatient"]
+    assert position[0] == 1.5 and math.isnan(position[1]) and position[2] == -3.0
+    names = row.values["OtherPatientNames"]
+    assert [n["Alphabetic"] for n in names] == ["Doe^J", None, "Roe^R"]
+    assert row.values["ReferencedFrameNumber"] is None
+    (error,) = [e for e in row.value_errors if e["Path"] == "ReferencedFrameNumber"]
+    assert error["RawValue"] == "1\\\\3" and "value 2 of 3 is empty" in error["Error"]
+    # Every representation loads as an array without NULL elements (what BigQuery requires).
+    table = pa.Table.from_pylist([row.values], schema=table_schema(row.types))
+    for column in ("SpecificCharacterSet", "ImageType", "ImagePositionPatient", "OtherPatientNames"):
+        assert table.column(column).combine_chunks().flatten().null_count == 0
+
+
+def test_all_empty_multi_valued_attribute_is_null():
+    ds = Dataset()
+    _put_raw(ds, 0x00080008, "CS", "")
+    _put_raw(ds, 0x00280030, "DS", "")
+    row = _row(ds)
+    assert row.values.get("ImageType") is None and row.values.get("PixelSpacing") is None
+    assert row.value_errors == []
+
+
+def test_insignificant_padding_is_stripped_by_vr():
+    ds = Dataset()
+    _put_raw(ds, 0x00080008, "CS", "DERIVED \\ PRIMARY\\AXIAL")  # CS: leading and trailing spaces go
+    _put_raw(ds, 0x00081030, "LO", "  Chest PA ")  # StudyDescription (LO): both ends go
+    _put_raw(ds, 0x00204000, "LT", "  indented note  ")  # ImageComments (LT): leading spaces are significant
+    row = _row(ds)
+    assert row.values["ImageType"] == ["DERIVED", "PRIMARY", "AXIAL"]
+    assert row.values["StudyDescription"] == "Chest PA"
+    assert row.values["ImageComments"] == "  indented note"
+
+
+def test_dicm_prefix_followed_by_random_bytes_is_not_an_instance():
+    import numpy as np
+
+    for seed in range(5):
+        data = b"\0" * 128 + b"DICM" + np.random.default_rng(seed).bytes(400)
+        with pytest.raises(NotDicomError, match="no standard DICOM attribute"):
+            read_dataset(io.BytesIO(data))

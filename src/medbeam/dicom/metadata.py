@@ -6,12 +6,22 @@ timestamp, PN → struct(Alphabetic, Ideographic, Phonetic), integer VRs → int
 VRs → string, small binary → bytes; VM > 1 → list; SQ → list of structs, recursively. Private and
 unknown attributes go to one ``OtherElements`` column. A value that does not parse for its VR leaves the
 typed column NULL and is kept, raw, in ``value_errors`` with the reason: a bad value never fails a row.
+
+Multi-valued attributes keep every position, empty ones included (position carries meaning: the first
+SpecificCharacterSet value is the default repertoire, ImageType value 3 is a defined term). BigQuery
+arrays refuse NULL elements, so an empty value at position k is: '' for text VRs, NaN for DS/FL/FD, a
+person name whose three components are NULL for PN. Integer, date and time VRs (IS, DA, TM, DT) have no
+such value that cannot be mistaken for a real one: there the column is NULL and the raw value, positions
+intact, is kept in ``value_errors``. Padding spaces that PS3.5 §6.2 calls insignificant are removed:
+leading and trailing for AE, AS, CS, DA, DS, DT, IS, LO, SH, TM, UI; trailing only for LT, ST, UT, UC,
+UR (their leading spaces are significant).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +77,8 @@ _INT_VRS = {"IS", "SL", "SS", "UL", "US", "SV", "UV"}
 _FLOAT_VRS = {"DS", "FL", "FD"}
 _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _ASCII_PARSED_VRS = {"IS", "DS", "DA", "TM", "DT"}
+#: Text VRs whose trailing spaces only are insignificant (PS3.5 Table 6.2-1); other text VRs lose both.
+_TRAILING_ONLY_VRS = {"LT", "ST", "UT", "UC", "UR", "PN"}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 #: Never read into a row, whatever their size: they are the image itself.
@@ -260,17 +272,45 @@ def _binary_value(value: Any, vr: str) -> bytes | None:
     raise ValueParseError(f"{type(value).__name__} is not binary")
 
 
-def _convert(value: Any, kind: str, multi: bool) -> Any:
+def _trim(text: str, vr: str) -> str:
+    """Drop the padding PS3.5 calls insignificant for this VR (see the module docstring)."""
+    return text.rstrip(" \x00") if vr in _TRAILING_ONLY_VRS else text.strip(" \x00")
+
+
+#: What an empty value at one position of a multi-valued attribute becomes (BigQuery arrays hold no NULL).
+_EMPTY_ITEMS: dict[str, Any] = {
+    "str": "",
+    "float": math.nan,
+    "pn": {"Alphabetic": None, "Ideographic": None, "Phonetic": None},
+}
+
+
+def _convert(value: Any, kind: str, multi: bool, vr: str = "") -> Any:
     """Convert a pydicom value to the column's Python value; raise on a value that does not fit its VR."""
     parse = _PARSERS[kind]
-    items = [v for v in _as_list(value) if not _is_empty(v)]
+    if kind == "str":
+        parse = lambda v: _trim(_parse_string(v), vr)  # noqa: E731
+    items = _as_list(value)
+    if all(_is_empty(v) for v in items):
+        return None
     if multi:
-        return [parse(v) for v in items] or None
+        converted = []
+        for position, item in enumerate(items, start=1):
+            if not _is_empty(item):
+                converted.append(parse(item))
+            elif kind in _EMPTY_ITEMS:
+                converted.append(_EMPTY_ITEMS[kind])
+            else:
+                raise ValueParseError(
+                    f"value {position} of {len(items)} is empty, and a BigQuery {kind} array cannot hold it in place"
+                )
+        return converted
+    if kind == "str":
+        return "\\".join(parse(v) for v in items)
+    items = [v for v in items if not _is_empty(v)]
     if len(items) > 1:
-        if kind == "str":
-            return "\\".join(parse(v) for v in items)
         raise ValueParseError(f"{len(items)} values where the dictionary allows one")
-    return parse(items[0]) if items else None
+    return parse(items[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -290,7 +330,8 @@ def _other_element(tag: BaseTag, elem: RawDataElement | DataElement, vr: str) ->
         else:
             data = [base64.b64encode(bytes(raw)).decode("ascii")] if len(raw) <= BULK_DATA_THRESHOLD else None
     else:
-        data = [_parse_string(v) for v in _as_list(elem.value) if not _is_empty(v)]
+        values = _as_list(elem.value)
+        data = [] if all(_is_empty(v) for v in values) else ["" if _is_empty(v) else _parse_string(v) for v in values]
     return {"Tag": f"{int(tag):08X}", "VR": vr, "Data": data}
 
 
@@ -357,7 +398,7 @@ def dataset_to_row(ds: Dataset, _path: str = "", _errors: list[dict[str, str]] |
         column_type = _KIND_TYPES[kind]
         types[name] = pa.list_(column_type) if multi else column_type
         try:
-            values[name] = _convert(_text_or_value(ds, tag, raw), kind, multi)
+            values[name] = _convert(_text_or_value(ds, tag, raw), kind, multi, _element_vr(raw, dict_vr))
         except Exception as exc:  # noqa: BLE001 - keep the raw text, never fail the row
             values[name] = None
             errors.append(_value_error(where, tag, _element_vr(raw, dict_vr), raw, exc))
@@ -373,7 +414,7 @@ def _text_or_value(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement)
     vr = _element_vr(raw, "")
     if isinstance(raw, RawDataElement) and vr in _ASCII_PARSED_VRS and isinstance(raw.value, bytes):
         text = raw.value.decode("latin-1")
-        return [part for part in (_strip(p) for p in text.split("\\")) if part]
+        return [_strip(part) for part in text.split("\\")]
     return ds[tag].value
 
 

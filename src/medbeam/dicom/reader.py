@@ -9,6 +9,7 @@ import warnings
 from typing import BinaryIO
 
 import pydicom
+from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 
@@ -78,4 +79,15 @@ def read_dataset(fp: BinaryIO, *, defer_size: int | None = DEFER_SIZE) -> FileDa
             raise NotDicomError(str(exc)) from exc
     if not any(tag.group > 0x0002 for tag in ds.keys()):
         raise NotDicomError("no DICOM attribute could be read after the file meta group (truncated or corrupt)")
+    if not any(is_standard_attribute(tag) for tag in ds.keys()):
+        raise NotDicomError(
+            "no standard DICOM attribute after the file meta group (no SOP Class/Instance UID, study, series "
+            "or any other): the bytes after 'DICM' are not a dataset"
+        )
     return ds
+
+
+def is_standard_attribute(tag: int) -> bool:
+    """A public data-dictionary attribute of the dataset proper (not file meta, group length or private)."""
+    group, element = tag >> 16, tag & 0xFFFF
+    return group > 0x0002 and group % 2 == 0 and element != 0 and bool(keyword_for_tag(tag))
