@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from medbeam.imaging.encode import encode_png
-from medbeam.imaging.resize import resize_image
+from medbeam.imaging.resize import fit_image
 
 JPG, PNG = "jpg", "png"
 FORMATS = (JPG, PNG)
@@ -171,11 +171,13 @@ def transcode(
     jpeg_quality: int = DEFAULT_JPEG_QUALITY,
     png_compression: int = DEFAULT_PNG_COMPRESSION,
     verify: bool = True,
+    resize_mode: str = "stretch",
 ) -> bytes:
     """Check `data` is a `fmt` image, resize/convert it to `shape`, and encode it in the same format.
 
     Without a shape the bytes come back unchanged, after a full decode when `verify` (else only the file
-    signature is checked). Raises FormatMismatchError or ImageDecodeError for bad input; ValueError from
+    signature is checked). `resize_mode` (stretch, pad, crop: see medbeam.imaging.resize) says how an
+    image of another aspect ratio reaches the shape; padding is black. Raises FormatMismatchError or ImageDecodeError for bad input; ValueError from
     the encoder (e.g. a 16-bit image asked to become JPEG cannot happen: JPEG input is 8-bit).
     """
     fmt = normalize_format(fmt)
@@ -190,7 +192,7 @@ def transcode(
         return data
     if shape.channels == 1 or (shape.channels == 3 and have == 4):
         img = convert_channels(img, shape.channels, order="bgr")  # fewer channels to resize
-    img = resize_image(img, shape.height, shape.width)
+    img = fit_image(img, shape.height, shape.width, resize_mode)
     img = convert_channels(img, shape.channels, order="bgr")
     if fmt == JPG:
         return encode_jpeg(img, jpeg_quality, order="bgr")

@@ -3,12 +3,22 @@
 Shrinking uses area averaging (``INTER_AREA``): plain bilinear sampling skips most source pixels when
 shrinking by a large factor and aliases (fine lines and noise turn into moiré). Enlarging uses bilinear
 interpolation, which never overshoots the input range.
+
+Three ways to reach a target size whose aspect ratio differs from the image's (``RESIZE_MODES``):
+``stretch`` scales each axis on its own (distorts: a 640x480 ultrasound squashed into a square);
+``pad`` scales to fit inside the target and letterboxes with a background value (what ML preprocessing
+usually expects: nothing distorted, nothing lost); ``crop`` scales to cover the target and cuts the
+centre out (nothing distorted, the edges lost).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
+
+RESIZE_MODES = ("stretch", "pad", "crop")
 
 # Reduction factor from which two area passes (rows, then columns) beat one.
 _TWO_PASS_MIN_FACTOR = 4.0
@@ -55,6 +65,75 @@ def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
     if out.dtype != img.dtype:
         out = _cast_back(out, img.dtype)
     return out
+
+
+@dataclass(frozen=True)
+class ResizePlan:
+    """How one source size reaches a target size: crop the source, resize it, then pad the result.
+
+    crop: (top, left, height, width) of the source region kept; inner: (height, width) the region is
+    resized to; pad: (top, bottom, left, right) background rows/columns added around it.
+    """
+
+    crop: tuple[int, int, int, int]
+    inner: tuple[int, int]
+    pad: tuple[int, int, int, int]
+
+    @property
+    def pads(self) -> bool:
+        return any(self.pad)
+
+
+def check_resize_mode(mode: str) -> str:
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {', '.join(RESIZE_MODES)}; got {mode!r}")
+    return mode
+
+
+def plan_resize(src_height: int, src_width: int, height: int, width: int, mode: str = "stretch") -> ResizePlan:
+    """The crop, inner size and padding that take a src_height x src_width image to height x width."""
+    _check_size(height, width)
+    check_resize_mode(mode)
+    whole = (0, 0, src_height, src_width)
+    if mode == "stretch" or src_height * width == src_width * height:
+        return ResizePlan(whole, (height, width), (0, 0, 0, 0))
+    if mode == "pad":
+        scale = min(height / src_height, width / src_width)
+        inner_h = min(height, max(1, round(src_height * scale)))
+        inner_w = min(width, max(1, round(src_width * scale)))
+        top, left = (height - inner_h) // 2, (width - inner_w) // 2
+        return ResizePlan(whole, (inner_h, inner_w), (top, height - inner_h - top, left, width - inner_w - left))
+    # crop: the centred source region with the target's aspect ratio
+    scale = max(height / src_height, width / src_width)
+    crop_h = min(src_height, max(1, round(height / scale)))
+    crop_w = min(src_width, max(1, round(width / scale)))
+    top, left = (src_height - crop_h) // 2, (src_width - crop_w) // 2
+    return ResizePlan((top, left, crop_h, crop_w), (height, width), (0, 0, 0, 0))
+
+
+def crop_and_resize(img: np.ndarray, plan: ResizePlan) -> np.ndarray:
+    """The plan's first two steps (crop, anti-aliased resize to the inner size); padding is pad_image's."""
+    top, left, crop_h, crop_w = plan.crop
+    if (crop_h, crop_w) != img.shape[:2]:
+        img = img[top : top + crop_h, left : left + crop_w]
+    return resize_image(img, *plan.inner)
+
+
+def pad_image(img: np.ndarray, plan: ResizePlan, background: float = 0) -> np.ndarray:
+    """The plan's last step: surround the resized image with `background` (letterbox)."""
+    if not plan.pads:
+        return img
+    top, bottom, left, right = plan.pad
+    widths = ((top, bottom), (left, right)) + ((0, 0),) * (img.ndim - 2)
+    return np.pad(img, widths, mode="constant", constant_values=background)
+
+
+def fit_image(img: np.ndarray, height: int, width: int, mode: str = "stretch", background: float = 0) -> np.ndarray:
+    """resize_image to height x width, keeping the aspect ratio by padding or cropping unless mode is stretch."""
+    if img.ndim not in (2, 3) or img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"fit_image needs a non-empty HxW or HxWxC array, got shape {img.shape}")
+    plan = plan_resize(img.shape[0], img.shape[1], height, width, mode)
+    return pad_image(crop_and_resize(img, plan), plan, background)
 
 
 def _check_size(height: int, width: int) -> None:
