@@ -720,3 +720,87 @@ def test_render_png_frames_are_pngs_of_the_rendered_frames():
     decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(decoded, only_frame(ds, options))
     assert math.isclose(decoded.shape[0], 32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pixel padding and the min-max window
+
+
+def _padded_ct(**attributes) -> tuple[Dataset, np.ndarray]:
+    """A CT head: -3024 HU padding outside a circular field, air (-1000 HU) and tissue (+40 HU) inside."""
+    size = 64
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size * 0.44) ** 2
+    hu = np.full((size, size), -3024, np.int16)
+    hu[inside] = -1000
+    hu[inside & (np.abs(yy - size / 2) < 12) & (np.abs(xx - size / 2) < 12)] = 40
+    stored = (hu + 1024).astype(np.int16)  # RescaleIntercept -1024
+    ds = make_dataset(
+        stored, Modality="CT", RescaleSlope=1, RescaleIntercept=-1024, PixelPaddingValue=-2000, **attributes
+    )
+    return ds, inside
+
+
+def test_minmax_window_ignores_pixel_padding():
+    ds, inside = _padded_ct()
+    assert (~inside).mean() > 0.2  # padding is a fifth of the image, as in the reported CT head
+    image = only_frame(ds, RenderOptions(window="minmax"))
+    air = image[inside & (image < 128)]
+    assert air.size and air.max() == 0  # air inside the field is black, not mid-grey
+    assert image[inside].max() == 255
+    assert (image[~inside] == 0).all()  # padding lies below the image's minimum
+
+
+def test_minmax_window_ignores_a_pixel_padding_range():
+    ds, inside = _padded_ct()
+    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = -2000, -2100  # stored -2000 (= -3024 HU) … -2100
+    image = only_frame(ds, RenderOptions(window="minmax"))
+    assert image[inside].min() == 0 and image[inside].max() == 255
+
+
+def test_header_window_fallback_ignores_pixel_padding():
+    ds, inside = _padded_ct()  # no WindowCenter/Width: "header" falls back to min-max
+    assert np.array_equal(only_frame(ds, RenderOptions(window="header")), only_frame(ds, RenderOptions(window="minmax")))
+    assert only_frame(ds)[inside].min() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Resize modes: stretch (distorts), pad (letterbox), crop (cover)
+
+
+def test_resize_plans_keep_the_aspect_ratio_unless_stretching():
+    from medbeam.imaging.resize import plan_resize
+
+    assert plan_resize(480, 640, 299, 299, "stretch").inner == (299, 299)
+    pad = plan_resize(480, 640, 299, 299, "pad")
+    assert pad.inner == (224, 299) and pad.pad == (37, 38, 0, 0)
+    crop = plan_resize(480, 640, 299, 299, "crop")
+    assert crop.crop == (0, 80, 480, 480) and crop.inner == (299, 299)
+    with pytest.raises(ValueError, match="resize mode"):
+        plan_resize(480, 640, 299, 299, "squash")
+
+
+def test_pad_and_crop_render_an_ultrasound_undistorted():
+    # A 480x640 frame holding a centred disc: stretched it becomes an ellipse; padded or cropped it stays round.
+    yy, xx = np.mgrid[:480, :640]
+    disc = ((yy - 240) ** 2 + (xx - 320) ** 2 < 200**2).astype(np.uint8) * 200 + 50
+    ds = make_dataset(disc, Modality="US", WindowCenter=127.5, WindowWidth=256)
+
+    def extent(mask: np.ndarray) -> tuple[int, int]:
+        rows, cols = np.nonzero(mask)
+        return rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+
+    stretch = only_frame(ds, RenderOptions(resize=(299, 299)))
+    pad = only_frame(ds, RenderOptions(resize=(299, 299), resize_mode="pad"))
+    crop = only_frame(ds, RenderOptions(resize=(299, 299), resize_mode="crop"))
+    fast_pad = only_frame(ds, RenderOptions(resize=(299, 299), resize_mode="pad", resize_before_window=True))
+    assert all(image.shape == (299, 299) for image in (stretch, pad, crop, fast_pad))
+    height, width = extent(stretch > 128)
+    assert height / width > 1.25  # squeezed sideways into an ellipse
+    for image in (pad, crop):
+        height, width = extent(image > 128)
+        assert abs(width - height) <= 2
+    assert (pad[:37] == 0).all() and (pad[-38:] == 0).all() and pad[37:-38].min() > 0  # black letterbox
+    assert (fast_pad[:37] == 0).all() and (fast_pad[-38:] == 0).all()
+    with pytest.raises(ValueError, match="resize mode"):
+        RenderOptions(resize=(8, 8), resize_mode="squash")

@@ -32,7 +32,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pi
 
 from medbeam.dicom import codecs
 from medbeam.imaging.encode import encode_png
-from medbeam.imaging.resize import resize_image
+from medbeam.imaging.resize import ResizePlan, check_resize_mode, crop_and_resize, pad_image, plan_resize
 
 __all__ = [
     "RenderError",
@@ -84,6 +84,9 @@ class RenderOptions:
     window_center/window_width: an explicit LINEAR window; both or neither; overrides ``window``.
     bit_depth: 8 or 16 bits per output sample.
     resize: (height, width) of the output, anti-aliased; None keeps the stored size.
+    resize_mode: how an image of another aspect ratio reaches ``resize``: "stretch" (each axis on its
+        own, distorting), "pad" (fit inside, letterboxed with black: level 0 of the rendered image, after
+        any MONOCHROME1 inversion) or "crop" (cover, centre cut out). See medbeam.imaging.resize.
     resize_before_window: resize the stored (modality-domain) values first and window the small
         image; ~2x faster to 299 px but differs from the reference order (window, then resize) where
         the window clips, by up to ~50 grey levels on sharp edges. Palette images always map first.
@@ -95,6 +98,7 @@ class RenderOptions:
     window_width: float | None = None
     bit_depth: int = 8
     resize: tuple[int, int] | None = None
+    resize_mode: str = "stretch"
     resize_before_window: bool = False
     png_compression: int = 1
 
@@ -121,6 +125,7 @@ class RenderOptions:
             ):
                 raise ValueError(f"resize must be (height, width) with positive integers, got {self.resize!r}")
             object.__setattr__(self, "resize", (int(size[0]), int(size[1])))
+        check_resize_mode(self.resize_mode)
         if not isinstance(self.resize_before_window, bool):
             raise ValueError(f"resize_before_window must be True or False, got {self.resize_before_window!r}")
         if (
@@ -425,13 +430,27 @@ def _render_grey(
             max_level=max_level,
         )
         values = stored[frame]
-        if options.resize is not None and options.resize_before_window:
-            values = resize_image(_resizable(values), *options.resize)
+        fit = _resize_plan(values, options)
+        if fit is not None and options.resize_before_window:
+            values = crop_and_resize(_resizable(values), fit)
         image = _apply_plan(values, plan, ds, out_dtype, tables)
-        if options.resize is not None and not options.resize_before_window:
-            image = resize_image(image, *options.resize)
-        images.append(image)
+        images.append(_finish_resize(image, fit, options))
     return images
+
+
+def _resize_plan(image: np.ndarray, options: RenderOptions) -> ResizePlan | None:
+    if options.resize is None:
+        return None
+    return plan_resize(image.shape[0], image.shape[1], *options.resize, options.resize_mode)
+
+
+def _finish_resize(image: np.ndarray, fit: ResizePlan | None, options: RenderOptions) -> np.ndarray:
+    """The resize steps still owed after the grey/colour mapping: all of them, or only the padding."""
+    if fit is None:
+        return image
+    if not options.resize_before_window:
+        image = crop_and_resize(image, fit)
+    return pad_image(image, fit)
 
 
 def _resizable(values: np.ndarray) -> np.ndarray:
@@ -588,14 +607,63 @@ def _modality_value_range(ds: Dataset, properties: dict[str, Any], stored: np.nd
     return ends[0], ends[1]
 
 
+def pixel_padding_range(ds: Dataset) -> tuple[int, int] | None:
+    """The stored values that are padding, not image (PS3.3 C.7.5.1.1.2): [low, high], or None.
+
+    Pixel Padding Value alone marks one value; with Pixel Padding Range Limit, every value between the two.
+    Both are stored values (before the modality LUT), in the pixel representation's signedness.
+    """
+    value = _first_number(_padding_value(ds, "PixelPaddingValue"))
+    if value is None:
+        return None
+    limit = _first_number(_padding_value(ds, "PixelPaddingRangeLimit"))
+    low, high = sorted((value, value if limit is None else limit))
+    return int(low), int(high)
+
+
+def _padding_value(ds: Dataset, keyword: str) -> Any:
+    """A US-or-SS padding attribute as a number in the pixel representation's signedness.
+
+    pydicom reads an implicit-VR 'US or SS' value as unsigned; a signed image's -2000 then reads 63536.
+    """
+    value = ds.get(keyword)
+    if isinstance(value, bytes):
+        value = int.from_bytes(value[:2], "little")
+    number = _first_number(value)
+    if number is None:
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1 and number >= 2**15 and number < 2**16:
+        number -= 2**16
+    return number
+
+
+def _image_pixels(values: np.ndarray, padding: tuple[int, int] | None) -> np.ndarray:
+    """The values that are not padding (a copy, flattened) or all of them (as they are)."""
+    if padding is None or values.dtype.kind not in "ui":
+        return values
+    low, high = padding
+    return values[(values < low) | (values > high)]
+
+
 def _instance_modality_min_max(stored: np.ndarray, ds: Dataset) -> tuple[float, float]:
-    """Min and max modality value over all frames (window "minmax" and the "header" fallback)."""
+    """Min and max modality value over all frames (window "minmax" and the "header" fallback).
+
+    Pixel padding (air outside a CT's field of view, often -2000 or -3024 HU) is left out, as dcmtk's
+    min-max window does: otherwise it sets the minimum and the anatomy's air comes out mid-grey.
+    """
+    padding = pixel_padding_range(ds)
     if _has_modality_lut(ds):
-        mapped = apply_modality_lut(stored, ds)
+        kept = _image_pixels(stored, padding)
+        if kept.size == 0:
+            kept = stored
+        mapped = apply_modality_lut(kept, ds)
         return _value_range(np.ascontiguousarray(mapped))
     lows, highs = [], []
     for frame in range(stored.shape[0]):
-        low, high = _value_range(stored[frame])
+        kept = _image_pixels(stored[frame], padding)
+        if kept.size == 0:  # a frame that is all padding: it still has a range
+            kept = stored[frame]
+        low, high = _value_range(np.ascontiguousarray(kept).reshape(1, -1) if kept.ndim == 1 else kept)
         slope, intercept = _rescale(ds, frame)
         ends = sorted((low * slope + intercept, high * slope + intercept))
         lows.append(ends[0])
@@ -632,12 +700,10 @@ def _render_colour(stored: np.ndarray, bits_stored: int, options: RenderOptions)
     images = []
     for frame in range(stored.shape[0]):
         rgb = stored[frame]
-        if options.resize is not None and options.resize_before_window:
-            rgb = resize_image(np.ascontiguousarray(rgb), *options.resize)
-        image = _scale_depth(rgb, bits_stored, out_dtype)
-        if options.resize is not None and not options.resize_before_window:
-            image = resize_image(image, *options.resize)
-        images.append(image)
+        fit = _resize_plan(rgb, options)
+        if fit is not None and options.resize_before_window:
+            rgb = crop_and_resize(np.ascontiguousarray(rgb), fit)
+        images.append(_finish_resize(_scale_depth(rgb, bits_stored, out_dtype), fit, options))
     return images
 
 
@@ -652,9 +718,8 @@ def _render_palette(stored: np.ndarray, ds: Dataset, options: RenderOptions) -> 
     images = []
     for frame in range(rgb.shape[0]):
         image = _scale_depth(rgb[frame], bits, out_dtype)
-        if options.resize is not None:
-            image = resize_image(image, *options.resize)
-        images.append(image)
+        fit = _resize_plan(image, options)
+        images.append(image if fit is None else pad_image(crop_and_resize(image, fit), fit))
     return images
 
 
