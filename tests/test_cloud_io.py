@@ -206,8 +206,9 @@ def test_bucket_export_rejects(bucket_export):
 def test_bucket_export_pngs_are_in_the_bucket(bucket_export):
     store, _, _, _, duckdb_path = bucket_export
     headers = _headers()
-    keys = store.keys("export/out/png/")
+    keys = [k for k in store.keys("export/out/png/") if not k.startswith("export/out/png/_medbeam/")]
     assert len(keys) == EXPECTED_PNGS
+    assert "export/out/png/_medbeam/outputs/_manifest.json" in store.keys("export/out/png/_medbeam/")
     expected = set()
     for study, series, sop in _query(
         duckdb_path, "SELECT DISTINCT StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM dicom_metadata"

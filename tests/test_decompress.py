@@ -307,3 +307,20 @@ def test_object_store(store: BucketEmulator, tmp_path):
     inputs = [store.uri(prefix, "raw") + "/"]
     local = run(DecompressConfig(inputs=inputs, output_dir=str(tmp_path), max_ratio=100), list(store.beam_args))
     assert local.written == 2 and (tmp_path / "deep" / "b.csv").read_bytes() == TEXT
+
+
+def test_rerun_with_other_inputs_removes_only_the_previous_runs_outputs(tmp_path):
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    first.mkdir()
+    second.mkdir()
+    (first / "a.csv.gz").write_bytes(_gz(b"a"))
+    (first / "b.csv.gz").write_bytes(_gz(b"b"))
+    (second / "a.csv.gz").write_bytes(_gz(b"A"))
+    run(DecompressConfig(inputs=[str(first) + "/"], output_dir=str(out)))
+    (out / "mine.txt").write_bytes(b"not medbeam's")
+    counts = run(DecompressConfig(inputs=[str(second) + "/"], output_dir=str(out)))
+    assert {k: v for k, v in _tree(out).items() if not k.startswith("_medbeam/")} == {
+        "a.csv": b"A",
+        "mine.txt": b"not medbeam's",
+    }
+    assert counts.stale_outputs_removed == 1

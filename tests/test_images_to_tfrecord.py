@@ -208,6 +208,7 @@ def test_features_json_spec(labelled):
         "height": 24,
         "width": 32,
         "channels": 1,
+        "resize_mode": "stretch",
         "jpeg_quality": 95,
     }
     assert specs["label_2"]["present"] == 2 and specs["label_1"]["present"] == 3 == doc["records"]
@@ -468,3 +469,27 @@ def test_bucket_images_labels_and_outputs(fixture, request):
         f"{base}/tf/train.labels.parquet",
     }
     assert json.loads(emulator.get(f"{base}/tf/train.features.json"))["records"] == 2
+
+
+@pytest.mark.parametrize("mode", ["stretch", "pad", "crop"])
+def test_cli_resize_mode_keeps_the_aspect_ratio(tmp_path, mode):
+    # A 480x640 frame, white inside, resized to 100x100: only pad letterboxes it (75 rows + black bars).
+    (tmp_path / "in").mkdir()
+    ok, buf = cv2.imencode(".png", np.full((480, 640), 255, np.uint8))
+    (tmp_path / "in" / "us.png").write_bytes(buf.tobytes())
+    result = CliRunner().invoke(
+        app,
+        ["from-images", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "o" / "t"), "--format", "png",
+         "--shape", "100", "100", "--resize-mode", mode, "--direct_num_workers=1"],
+    )
+    assert result.exit_code == 0, result.output
+    (record,) = _records(str(tmp_path / "o" / "t")).values()
+    image = decode_image(record["png_bytes"].values[0])
+    assert image.shape == (100, 100)
+    if mode == "pad":
+        assert image[:12].max() == 0 and image[-12:].max() == 0 and image[13:-13].min() == 255
+    else:
+        assert image.min() == 255
+    spec = json.loads((tmp_path / "o" / "t.features.json").read_text())
+    (png_spec,) = [f for f in spec["features"] if f["name"] == "png_bytes"]
+    assert png_spec["image"]["resize_mode"] == mode

@@ -151,7 +151,9 @@ def test_features_json_describes_the_dataset(resized):
     assert list(specs) == ["study", "series", "instance", "frame", "png_bytes"]
     assert specs["frame"]["dtype"] == "int64" and specs["study"]["dtype"] == "string"
     assert all(f["shape"] == [] and not f["varlen"] and f["present"] == 7 for f in specs.values())
-    assert specs["png_bytes"]["image"] == {"format": "png", "height": 32, "width": 32, "channels": 1}
+    assert specs["png_bytes"]["image"] == {
+        "format": "png", "height": 32, "width": 32, "channels": 1, "resize_mode": "stretch"
+    }
     assert doc["rejects"] == "dicom_rejects/_manifest.json"
     assert doc["counts"]["rejected"] == 3
 
@@ -285,3 +287,28 @@ def test_cli_mounted_as_a_sub_app(tmp_path):
     result = CliRunner().invoke(parent, [*args, "--shape", "8", "8", "1", "--runner", "DirectRunner"])
     assert result.exit_code == 2 and "not a directory" in result.output  # parsed fine, then validated
     assert "from-images" in CliRunner().invoke(parent, ["tfrecord", "--help"]).output
+
+
+def test_resize_mode_pad_letterboxes(tmp_path):
+    root = tmp_path / "png"
+    (root / "s" / "se").mkdir(parents=True)
+    ok, buf = cv2.imencode(".png", np.full((480, 640), 255, np.uint8))
+    (root / "s" / "se" / "i.png").write_bytes(buf.tobytes())
+    config = PngToTfrecordConfig(input=str(root), output=str(tmp_path / "o" / "d"), shape=(100, 100), resize_mode="pad")
+    run(config, [])
+    image = decode_image(_records(str(tmp_path / "o" / "d"))[("s", "se", "i", 1)]["png_bytes"].values[0])
+    assert image.shape == (100, 100) and image[:12].max() == 0 and image[-12:].max() == 0 and image[50].min() == 255
+    with pytest.raises(ValueError, match="resize mode"):
+        PngToTfrecordConfig(input=str(root), output=str(tmp_path / "o" / "e"), resize_mode="squash")
+
+
+def test_export_manifest_is_not_an_input(tmp_path):
+    from medbeam.pipelines.dicom_export import ExportConfig
+    from medbeam.pipelines.dicom_export import run as export
+
+    png_dir = tmp_path / "png"
+    export(ExportConfig(inputs=[get_testdata_file("CT_small.dcm")], png_dir=str(png_dir),
+                        parquet_dir=str(tmp_path / "t"), progress=False))  # fmt: skip
+    assert (png_dir / "_medbeam").is_dir()
+    counts = run(PngToTfrecordConfig(input=str(png_dir), output=str(tmp_path / "o" / "d")), [])
+    assert (counts.files_matched, counts.files_skipped, counts.records_written) == (1, 0, 1)

@@ -432,3 +432,17 @@ def test_object_store(store: BucketEmulator, tmp_path):
         return  # bucket → local once is enough (Beam's S3 filesystem makes each run slow)
     local = run(UntarConfig(inputs=[store.uri(prefix, "in/a.tar.gz")], output_dir=str(tmp_path)), list(store.beam_args))
     assert local.members_written == len(GOOD) and _tree(tmp_path) == {"x/" + k: v for k, v in GOOD.items()}
+
+
+def test_rerun_with_another_archive_removes_only_the_previous_runs_members(tmp_path):
+    first, second = tmp_path / "first.tar", tmp_path / "second.tar"
+    first.write_bytes(tar_bytes({"scans/p1/a.png": b"a", "scans/p2/b.png": b"b", "labels.csv": b"x"}))
+    second.write_bytes(tar_bytes({"scans/p1/a.png": b"A", "other.csv": b"y"}))
+    out = tmp_path / "out"
+    run(UntarConfig(inputs=[str(first)], output_dir=str(out)))
+    (out / "mine.txt").write_text("not medbeam's")
+    counts = run(UntarConfig(inputs=[str(second)], output_dir=str(out)))
+    assert _tree(out) == {"scans/p1/a.png": b"A", "other.csv": b"y", "mine.txt": b"not medbeam's"}
+    assert not (out / "scans" / "p2").exists()  # emptied folders go too
+    assert counts.stale_outputs_removed == 2
+    assert "2 files of the previous run removed" in counts.summary()

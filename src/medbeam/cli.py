@@ -81,6 +81,7 @@ def dicom_export(
     resize: Annotated[
         tuple[int, int] | None, typer.Option(metavar="H W", help="Resize to H×W pixels, anti-aliased.")
     ] = None,
+    resize_mode: cli_tfrecord.ResizeModeOption = cli_tfrecord.ResizeMode.stretch,
     resize_before_window: Annotated[
         bool, typer.Option(help="Faster: resize the raw values, then window (differs where the window clips).")
     ] = False,
@@ -119,6 +120,7 @@ def dicom_export(
             window_width=window_width,
             bit_depth=bit_depth,
             resize=tuple(resize) if resize else None,
+            resize_mode=resize_mode.value,
             resize_before_window=resize_before_window,
             png_compression=png_compression,
         )
@@ -137,7 +139,12 @@ def dicom_export(
         )
     except ValueError as exc:
         _fail(str(exc))
-    counts = run(config, ctx.args)
+    from medbeam.io.files import OutputLocationError
+
+    try:
+        counts = run(config, ctx.args)
+    except (OutputLocationError, FileNotFoundError) as exc:
+        _fail(str(exc))
     typer.echo(counts.summary())
     if config.duckdb_path:
         typer.echo(f"tables: {config.duckdb_path} (dicom_metadata, rejects); Parquet: {config.parquet_dir}")
@@ -147,6 +154,9 @@ def dicom_export(
         typer.echo(f"PNGs: {png_dir}")
     if tfrecord_prefix:
         typer.echo(f"TFRecords: {tfrecord_prefix}-*-of-*.tfrecord, spec in {tfrecord_prefix}.features.json")
+    if counts.failed:
+        typer.secho("error: some outputs could not be written; see the rejects table (stage write)", fg="red", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -61,6 +61,22 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+class ResizeMode(str, Enum):
+    stretch = "stretch"
+    pad = "pad"
+    crop = "crop"
+
+
+#: The same option in every job that resizes (tfrecord from-dicom-png, from-images, dicom export).
+ResizeModeOption = Annotated[
+    ResizeMode,
+    typer.Option(
+        help="How an image of another aspect ratio reaches the size: stretch (each axis on its own), "
+        "pad (fit inside, black letterbox) or crop (cover, keep the centre)."
+    ),
+]
+
+
 class ImageFormat(str, Enum):
     jpg = "jpg"
     png = "png"
@@ -89,6 +105,7 @@ def from_dicom_png(
     ],
     output: Annotated[str, typer.Option("--output", "-o", help="Output prefix: PREFIX-SSSSS-of-NNNNN.tfrecord.")],
     shape: Annotated[str | None, typer.Option(metavar="H W [C]", help=_SHAPE_HELP)] = None,
+    resize_mode: ResizeModeOption = ResizeMode.stretch,
     num_shards: Annotated[
         int | None, typer.Option(min=1, help="Number of shards (default: ~128 MB each).")
     ] = None,
@@ -104,6 +121,7 @@ def from_dicom_png(
             input=input,
             output=output,
             shape=parse_shape(shape),
+            resize_mode=resize_mode.value,
             num_shards=num_shards,
             png_compression=png_compression,
             verify=verify,
@@ -130,6 +148,7 @@ def from_images(
         str | None, typer.Option(help=r"Full-match regex on each URI (default: (?i).*\.jpe?g or (?i).*\.png).")
     ] = None,
     shape: Annotated[str | None, typer.Option(metavar="H W [C]", help=_SHAPE_HELP)] = None,
+    resize_mode: ResizeModeOption = ResizeMode.stretch,
     labels_sql: Annotated[
         str | None,
         typer.Option(
@@ -161,6 +180,7 @@ def from_images(
             image_format=image_format.value,
             path_regex=path_regex,
             shape=parse_shape(shape),
+            resize_mode=resize_mode.value,
             labels_sql=labels_sql,
             bigquery_sql=bigquery_sql,
             duckdb_path=duckdb,

@@ -29,8 +29,22 @@ def normalize_input_pattern(pattern: str) -> str:
     return pattern
 
 
+def parent_dir(path: str) -> str:
+    """The folder a file path (or output prefix) lives in, on any filesystem."""
+    if has_scheme(path):
+        return path.rsplit("/", 1)[0]
+    return os.path.dirname(os.path.abspath(path))
+
+
 def is_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
+
+
+def check_inputs_exist(patterns: list[str]) -> None:
+    """A named file or folder (not a glob) that does not exist is a mistake worth stopping for."""
+    for pattern in patterns:
+        if not is_glob(pattern) and not FileSystems.exists(pattern):
+            raise FileNotFoundError(f"no such input: {pattern}")
 
 
 def open_for_read(path: str) -> BinaryIO:
@@ -65,6 +79,64 @@ def list_files_with_sizes(pattern: str) -> list[tuple[str, int]]:
 def delete_files(paths: list[str]) -> None:
     if paths:
         FileSystems.delete(paths)
+
+
+def delete_if_exists(path: str) -> bool:
+    """Delete one file; False when it is already gone (a rerun after a partial cleanup)."""
+    if not FileSystems.exists(path):
+        return False
+    FileSystems.delete([path])
+    return True
+
+
+def remove_empty_parents(path: str, stop_at: str) -> None:
+    """Local only: remove the now-empty folders above a deleted file, up to (not including) `stop_at`.
+
+    Object stores have no folders to leave behind.
+    """
+    if has_scheme(path):
+        return
+    stop = os.path.abspath(stop_at)
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent.startswith(stop + os.sep):
+        try:
+            os.rmdir(parent)
+        except OSError:  # not empty (or gone): the folders above are not empty either
+            return
+        parent = os.path.dirname(parent)
+
+
+class OutputLocationError(ValueError):
+    """An output location that cannot be written: found before any work starts."""
+
+
+_PROBE_NAME = ".medbeam-write-check"
+
+
+def check_writable_dir(path: str, option: str) -> None:
+    """Raise OutputLocationError (one line) unless a file can be created in directory `path` (made if missing).
+
+    Local paths: created, then a probe file is written and removed (a read-only folder, or a path under a
+    regular file, fails here rather than on every image). gs:// and s3://: a probe object is written and
+    deleted, which checks the bucket and the credentials.
+    """
+    probe = join(path, _PROBE_NAME)
+    try:
+        if not has_scheme(path):
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise OutputLocationError(f"{option} {path} is a file, not a directory")
+            os.makedirs(path, exist_ok=True)
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        else:
+            write_bytes(probe, b"medbeam write check")  # not empty: Beam's S3 writer fails on 0 bytes
+            FileSystems.delete([probe])
+    except OutputLocationError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the filesystem says, as one line
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {exc}"
+        raise OutputLocationError(f"{option} {path} is not writable: {reason}") from None
 
 
 class Storage:

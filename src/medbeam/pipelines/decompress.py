@@ -18,6 +18,7 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -38,9 +39,10 @@ from medbeam.pipelines.untar import (
     summary_extras,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
+from medbeam.transforms.outputs import ReplaceOutputs
 
 NAMESPACE = "medbeam.decompress"
-REJECTS = "rejects"
+REJECTS, WRITTEN = "rejects", "written"
 DEFAULT_PATTERN = r"(.*)\.(?:gz|bz2|xz|zst)$"
 DEFAULT_REPL = r"\1"
 DEFAULT_MAX_OUTPUT_BYTES = 64 << 30
@@ -103,11 +105,12 @@ class DecompressCounts:
     rejected: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    stale_outputs_removed: int = 0
     rejected_by_stage: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
         line = f"{self.files_in} files in, {self.written} written, {self.rejected} rejected"
-        return line + summary_extras(self.rejected_by_stage)
+        return line + summary_extras(self.rejected_by_stage, stale=self.stale_outputs_removed)
 
 
 def _counter(name: str):
@@ -187,7 +190,7 @@ class ResolveFn(beam.DoFn):
 
 
 class DecompressFn(beam.DoFn):
-    """(path, size, output) → nothing on success; a reject otherwise (partial output deleted)."""
+    """(path, size, output) → the output path (tag WRITTEN) on success; a reject otherwise (partial output deleted)."""
 
     def __init__(self, limits: archives.Limits, storage: files.Storage):
         self._limits = limits
@@ -197,7 +200,7 @@ class DecompressFn(beam.DoFn):
         self._bytes_in = _counter("bytes_in")
         self._bytes_out = _counter("bytes_out")
 
-    def process(self, element: tuple[str, int, str]) -> Iterator[dict[str, str]]:
+    def process(self, element: tuple[str, int, str]) -> Iterator[Any]:
         path, size, output = element
         try:
             _fmt, written = archives.decompress_file(path, size, output, self._limits, self._storage)
@@ -209,6 +212,7 @@ class DecompressFn(beam.DoFn):
             self._written.inc()
             self._bytes_in.inc(size)
             self._bytes_out.inc(written)
+            yield TaggedOutput(WRITTEN, output)
             return
         self._rejected.inc()
         _counter(f"rejected.{stage}").inc()
@@ -248,11 +252,13 @@ def build(p: beam.Pipeline, config: DecompressConfig) -> None:
         | "By output path" >> beam.CoGroupByKey()
         | "One source per output" >> beam.ParDo(ResolveFn()).with_outputs(REJECTS, main="jobs")
     )
-    failed = resolved.jobs | "Decompress" >> beam.ParDo(
+    decompressed = resolved.jobs | "Decompress" >> beam.ParDo(
         DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)))
-    )
+    ).with_outputs(WRITTEN, main="failed")
+    if config.output_dir is not None:  # copies beside their inputs have no folder of their own to manifest
+        _ = decompressed[WRITTEN] | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
     (
-        [planned[REJECTS], resolved[REJECTS], failed]
+        [planned[REJECTS], resolved[REJECTS], decompressed.failed]
         | "All rejects" >> beam.Flatten()
         | "Write rejects"
         >> tables.WriteTable(rejects_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard)

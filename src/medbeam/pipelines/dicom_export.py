@@ -2,8 +2,13 @@
 
     match files → reshuffle → parse headers ─┬─ rows ──────────────┐
                                              ├─ column types → schema ─→ WriteTables(dicom_metadata,
-                                             ├─ render candidates → group by output path → choose → render PNGs
-                                             └─ rejects (+ duplicates, pixel errors) ───→             rejects)
+                                             ├─ render candidates → group by output path ─┐
+                                             │    render from the first copy that renders ┴─→ PNGs ─→ ReplaceOutputs
+                                             └─ rejects (+ duplicates, pixel/write errors) ─→         rejects)
+
+Output locations are checked (a probe file) before any work starts. The PNG tree is manifested in
+`{png_dir}/_medbeam/outputs/`; a rerun removes the PNGs the previous run wrote and this one did not
+(medbeam.transforms.outputs), so the tree always matches the table next to it.
 
 The reshuffle (the fan-out after matching) is left out when the DirectRunner runs one in-memory worker.
 Transforms are kept few: each costs the DirectRunner ~20 ms per run, which small runs feel.
@@ -26,22 +31,22 @@ from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
 from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args, runs_in_one_local_worker
 from medbeam.transforms.dicom import (
-    DUPLICATES,
     EXAMPLES,
     IMAGES,
     NAMESPACE,
     REJECTS,
     TYPES,
-    ChooseRenderSourceFn,
+    WRITTEN,
     DicomwebOpener,
     EnumerateStoreFn,
     FileOpener,
     MergeSchemaFn,
-    Renderer,
     ParseDicomFn,
-    RenderPngFn,
+    Renderer,
+    RenderInstanceFn,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.outputs import ReplaceOutputs
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
 
 METADATA_TABLE = "dicom_metadata"
@@ -90,6 +95,19 @@ class ExportConfig:
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
 
+    def check_output_locations(self) -> None:
+        """OutputLocationError (one line) for any output folder that cannot be written; nothing is read yet."""
+        from pathlib import Path
+
+        locations = [("--png-dir", self.png_dir), ("--parquet-dir", self.parquet_dir)]
+        if self.duckdb_path is not None:
+            locations.append(("--duckdb", str(Path(self.duckdb_path).absolute().parent)))
+        if self.tfrecord_prefix is not None:
+            locations.append(("--tfrecord-prefix", files.parent_dir(self.tfrecord_prefix)))
+        for option, location in locations:
+            if location is not None:
+                files.check_writable_dir(location, option)
+
 
 @dataclass
 class ExportCounts:
@@ -100,6 +118,13 @@ class ExportCounts:
     rendered_instances: int = 0
     pixel_errors: int = 0
     duplicates: int = 0
+    write_errors: int = 0
+    stale_outputs_removed: int = 0
+
+    @property
+    def failed(self) -> bool:
+        """Outputs that could not be written: the run did not do its job (exit status 1)."""
+        return self.write_errors > 0
 
     def summary(self) -> str:
         line = (
@@ -111,6 +136,10 @@ class ExportCounts:
             extras.append(f"{self.pixel_errors} with undecodable pixels (row kept)")
         if self.duplicates:
             extras.append(f"{self.duplicates} duplicate copies not rendered")
+        if self.write_errors:
+            extras.append(f"{self.write_errors} instances whose PNGs could not be written (rejects, stage write)")
+        if self.stale_outputs_removed:
+            extras.append(f"{self.stale_outputs_removed} PNGs of the previous run removed")
         return line + (f" ({'; '.join(extras)})" if extras else "")
 
 
@@ -159,7 +188,7 @@ def build(
                 opener,
                 inline_renderer,
             )
-        ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, main="rows")
+        ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
 
     merge = MergeSchemaFn()
@@ -167,21 +196,19 @@ def build(
 
     rejects = [parsed[REJECTS]]
     if renderer is not None and inline_renderer is None:
-        chosen = (
-            parsed[IMAGES]
-            | "By output path" >> beam.GroupByKey()
-            | "Choose source" >> beam.ParDo(ChooseRenderSourceFn()).with_outputs(DUPLICATES, main="chosen")
-        )
         rendered = (
-            chosen.chosen  # already spread by output path: the GroupByKey above is the fan-out
+            parsed[IMAGES]
+            | "By output path" >> beam.GroupByKey()  # also the fan-out of the render work
             | "Render PNGs" >> beam.ParDo(
-                RenderPngFn(renderer, render_ticker or ProgressTicker(None), opener)
-            ).with_outputs(REJECTS, EXAMPLES)
+                RenderInstanceFn(renderer, render_ticker or ProgressTicker(None), opener)
+            ).with_outputs(REJECTS, EXAMPLES, WRITTEN)
         )
-        rejects += [chosen[DUPLICATES], rendered[REJECTS]]
-        examples = rendered[EXAMPLES]
+        rejects.append(rendered[REJECTS])
+        examples, written = rendered[EXAMPLES], rendered[WRITTEN]
     else:
-        examples = parsed[EXAMPLES]
+        examples, written = parsed[EXAMPLES], parsed[WRITTEN]
+    if config.png_dir is not None:
+        _ = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE)
     if config.tfrecord_prefix is not None:
         _write_examples(p, config, examples)
     table_specs = [
@@ -213,7 +240,7 @@ def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PColl
     _ = p | "Describe TFRecords" >> tfrecord.DescribeDataset(
         config.tfrecord_prefix,
         "medbeam dicom export",
-        dicom_png_feature_specs(shape),
+        dicom_png_feature_specs(shape, config.render.resize_mode),
         stats,
         shards,
         None,
@@ -244,6 +271,8 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     beam_args = list(beam_args or [])
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
+    files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
+    config.check_output_locations()
     local = is_local_runner(options)
     total = None
     if local:

@@ -42,6 +42,7 @@ from medbeam.imaging.codec import (
     normalize_format,
     transcode,
 )
+from medbeam.imaging.resize import check_resize_mode
 from medbeam.io import files
 from medbeam.io import tfrecord as tfr
 from medbeam.pipelines.png_to_tfrecord import (
@@ -357,6 +358,8 @@ class ImagesToTfrecordConfig:
     image_format: str = JPG
     path_regex: str | None = None
     shape: ImageShape | None = None
+    #: stretch, pad or crop: how an image of another aspect ratio reaches `shape` (medbeam.imaging.resize).
+    resize_mode: str = "stretch"
     labels_sql: str | None = None
     bigquery_sql: str | None = None
     duckdb_path: str | None = None
@@ -382,6 +385,7 @@ class ImagesToTfrecordConfig:
             raise ValueError(f"--path-regex {self.path_regex!r} is not a valid regular expression: {exc}") from exc
         if isinstance(self.shape, (tuple, list)):
             self.shape = ImageShape.parse(self.shape)
+        check_resize_mode(self.resize_mode)
         if self.labels_sql is not None and self.bigquery_sql is not None:
             raise ValueError("give --labels-sql (DuckDB) or --bigquery-sql, not both")
         if self.duckdb_path is not None and self.labels_sql is None:
@@ -582,6 +586,7 @@ class ImageToExampleFn(beam.DoFn):
         png_compression: int,
         verify: bool,
         columns: Sequence[LabelColumn],
+        resize_mode: str = "stretch",
     ):
         self._format = image_format
         self._feature = IMAGE_FEATURES[image_format]
@@ -590,6 +595,7 @@ class ImageToExampleFn(beam.DoFn):
         self._compression = png_compression
         self._verify = verify
         self._columns = list(columns)
+        self._resize_mode = resize_mode
 
     def process(self, element: tuple[str, dict[str, Any] | None]) -> Iterator[Any]:
         path, row = element
@@ -606,6 +612,7 @@ class ImageToExampleFn(beam.DoFn):
                 jpeg_quality=self._quality,
                 png_compression=self._compression,
                 verify=self._verify,
+                resize_mode=self._resize_mode,
             )
         except Exception as exc:  # noqa: BLE001 - any failure is this image's reject, the run goes on
             if stage == "decode":
@@ -622,6 +629,7 @@ def feature_specs(config: ImagesToTfrecordConfig, labels: LabelSource | None) ->
     image = {"format": config.image_format, "height": None, "width": None, "channels": None}
     if config.shape is not None:
         image.update(height=config.shape.height, width=config.shape.width, channels=config.shape.channels)
+        image["resize_mode"] = config.resize_mode
         if config.image_format == JPG:
             image["jpeg_quality"] = config.jpeg_quality
     specs = [
@@ -679,6 +687,7 @@ def build(p: beam.Pipeline, config: ImagesToTfrecordConfig, labels: LabelSource 
                 config.png_compression,
                 config.verify,
                 labels.columns if labels else [],
+                config.resize_mode,
             )
         ).with_outputs(REJECTS, STATS, main="records")
     )

@@ -35,10 +35,12 @@ from medbeam.imaging.codec import (
     ImageShape,
     transcode,
 )
+from medbeam.imaging.resize import check_resize_mode
 from medbeam.pipelines.common import is_local_runner, local_beam_args
 from medbeam.io import files, tables
 from medbeam.io import tfrecord as tfr
 from medbeam.transforms.errors import REJECT_SCHEMA, reject
+from medbeam.transforms.outputs import own_dir
 
 JOB = "from-dicom-png"
 REJECTS, STATS = "rejects", "stats"
@@ -68,10 +70,10 @@ def dicom_png_example(study: str, series: str, instance: str, png_bytes: bytes, 
     )
 
 
-def dicom_png_feature_specs(shape: ImageShape | None) -> list[tfr.FeatureSpec]:
+def dicom_png_feature_specs(shape: ImageShape | None, resize_mode: str = "stretch") -> list[tfr.FeatureSpec]:
     image = {"format": PNG, "height": None, "width": None, "channels": None}
     if shape is not None:
-        image.update(height=shape.height, width=shape.width, channels=shape.channels)
+        image.update(height=shape.height, width=shape.width, channels=shape.channels, resize_mode=resize_mode)
     return [
         tfr.FeatureSpec("study", "string", description="StudyInstanceUID"),
         tfr.FeatureSpec("series", "string", description="SeriesInstanceUID"),
@@ -140,6 +142,8 @@ class PngToTfrecordConfig:
     input: str
     output: str
     shape: ImageShape | None = None
+    #: stretch, pad or crop: how an image of another aspect ratio reaches `shape` (medbeam.imaging.resize).
+    resize_mode: str = "stretch"
     num_shards: int | None = None
     png_compression: int = DEFAULT_PNG_COMPRESSION
     verify: bool = True
@@ -150,6 +154,7 @@ class PngToTfrecordConfig:
         self.output = normalize_output(self.output)
         if isinstance(self.shape, (tuple, list)):
             self.shape = ImageShape.parse(self.shape)
+        check_resize_mode(self.resize_mode)
         if self.num_shards is not None and not 1 <= self.num_shards <= tfr.MAX_SHARDS:
             raise ValueError(f"--num-shards must be 1-{tfr.MAX_SHARDS}")
         if not 0 <= self.png_compression <= 9:
@@ -190,13 +195,19 @@ def transcode_stage(exc: Exception) -> str:
 class DicomPngToExampleFn(beam.DoFn):
     """PNG path → (relative path, Example bytes); files elsewhere in the tree → rejects; non-PNGs skipped."""
 
-    def __init__(self, root: str, shape: ImageShape | None, png_compression: int, verify: bool):
+    def __init__(
+        self, root: str, shape: ImageShape | None, png_compression: int, verify: bool, resize_mode: str = "stretch"
+    ):
         self._root = root
+        self._own_dir = own_dir(root).rstrip("/") + "/"
         self._shape = shape
+        self._resize_mode = resize_mode
         self._png_compression = png_compression
         self._verify = verify
 
     def process(self, path: str) -> Iterator[Any]:
+        if path.startswith(self._own_dir):
+            return  # the export's manifest of the PNG tree: not an input, not a skipped file either
         if not path.lower().endswith(".png"):
             yield TaggedOutput(STATS, {"files_matched": 1, "files_skipped": 1})
             return
@@ -208,7 +219,14 @@ class DicomPngToExampleFn(beam.DoFn):
             stage = "read"
             data = files.read_bytes(path)
             stage = "decode"
-            png = transcode(data, PNG, self._shape, png_compression=self._png_compression, verify=self._verify)
+            png = transcode(
+                data,
+                PNG,
+                self._shape,
+                png_compression=self._png_compression,
+                verify=self._verify,
+                resize_mode=self._resize_mode,
+            )
         except Exception as exc:  # noqa: BLE001 - any failure is this file's reject, the run goes on
             if stage == "decode":
                 stage = transcode_stage(exc)
@@ -261,7 +279,7 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
         | "Spread files" >> beam.Reshuffle()
         | "To Example"
         >> beam.ParDo(
-            DicomPngToExampleFn(config.input, config.shape, config.png_compression, config.verify)
+            DicomPngToExampleFn(config.input, config.shape, config.png_compression, config.verify, config.resize_mode)
         ).with_outputs(REJECTS, STATS, main="records")
     )
     write_outputs(
@@ -271,7 +289,7 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
         converted.records,
         converted[REJECTS],
         converted[STATS],
-        dicom_png_feature_specs(config.shape),
+        dicom_png_feature_specs(config.shape, config.resize_mode),
         COUNT_NAMES,
         config.num_shards,
         config.target_shard_bytes,

@@ -28,6 +28,7 @@ from apache_beam.pvalue import TaggedOutput
 from medbeam.io import archives, files, tables
 from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
+from medbeam.transforms.outputs import ReplaceOutputs, own_dir
 
 NAMESPACE = "medbeam.untar"
 WRITTEN, REJECTS = "written", "rejects"
@@ -83,6 +84,7 @@ class UntarCounts:
     dirs_skipped: int = 0
     bytes_written: int = 0
     collisions: int = 0
+    stale_outputs_removed: int = 0
     rejected_by_stage: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -92,10 +94,12 @@ class UntarCounts:
 
     def summary(self) -> str:
         line = f"{self.archives_in} archives in, {self.members_written} members written, {self.rejected} rejected"
-        return line + summary_extras(self.rejected_by_stage, self.dirs_skipped, self.collisions)
+        return line + summary_extras(
+            self.rejected_by_stage, self.dirs_skipped, self.collisions, self.stale_outputs_removed
+        )
 
 
-def summary_extras(by_stage: dict[str, int], dirs_skipped: int = 0, collisions: int = 0) -> str:
+def summary_extras(by_stage: dict[str, int], dirs_skipped: int = 0, collisions: int = 0, stale: int = 0) -> str:
     parts = []
     if by_stage:
         parts.append(", ".join(f"{n} {stage}" for stage, n in sorted(by_stage.items()) if n))
@@ -106,6 +110,8 @@ def summary_extras(by_stage: dict[str, int], dirs_skipped: int = 0, collisions: 
             f"{collisions} output path{'' if collisions == 1 else 's'} written more than once "
             "(rejects, stage collision)"
         )
+    if stale:
+        parts.append(f"{stale} file{'' if stale == 1 else 's'} of the previous run removed")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
@@ -137,7 +143,8 @@ class UntarFn(beam.DoFn):
         self._bytes = Metrics.counter(NAMESPACE, "bytes_written")
 
     def _reserved(self, output: str) -> bool:
-        return archives.is_under(output, self._reserved_dir)
+        """medbeam's own folders (rejects table, output manifest) never take members."""
+        return archives.is_under(output, self._reserved_dir) or archives.is_under(output, own_dir(self._output_dir))
 
     def process(self, element: tuple[str, int]) -> Iterator[object]:
         archive, size = element
@@ -236,6 +243,11 @@ def build(p: beam.Pipeline, config: UntarConfig) -> None:
             )
         ).with_outputs(REJECTS, main=WRITTEN)
     )
+    _ = (
+        untarred[WRITTEN]
+        | "Written paths" >> beam.Map(lambda written: written[0])
+        | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
+    )
     input_paths = matched | "Archive paths" >> beam.Map(lambda kv: (kv[0], None))
     collisions = (
         {"written": untarred[WRITTEN], "archive": input_paths}
@@ -267,13 +279,6 @@ def local_run_args(beam_args: list[str], patterns: list[str], exclude_dir: str) 
     return local_beam_args(beam_args, parallel, workers=len(sizes))
 
 
-def check_inputs_exist(patterns: list[str]) -> None:
-    """A named file (not a glob) that does not exist is a mistake worth stopping for."""
-    for pattern in patterns:
-        if not files.is_glob(pattern) and not FileSystems.exists(pattern):
-            raise FileNotFoundError(f"no such input: {pattern}")
-
-
 def by_stage(values: dict[str, int]) -> dict[str, int]:
     return {k.split(".", 1)[1]: v for k, v in values.items() if k.startswith("rejected.") and v}
 
@@ -281,7 +286,7 @@ def by_stage(values: dict[str, int]) -> dict[str, int]:
 def run_pipeline(build_fn, config, beam_args: list[str], patterns: list[str], exclude_dir: str):
     options = PipelineOptions(beam_args)
     FileSystems.set_options(options)
-    check_inputs_exist(patterns)
+    files.check_inputs_exist(patterns)
     options = PipelineOptions(local_run_args(beam_args, patterns, exclude_dir))
     pipeline = beam.Pipeline(options=options)
     build_fn(pipeline, config)

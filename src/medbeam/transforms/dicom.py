@@ -1,4 +1,4 @@
-"""Thin Beam wrappers around medbeam.dicom: parse headers, pick the file that renders, render PNGs."""
+"""Thin Beam wrappers around medbeam.dicom: parse headers, render each instance from the first copy that can."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from medbeam.transforms.progress import ProgressTicker
 from medbeam.worker import tune_allocator_for_large_images
 
 NAMESPACE = "medbeam"
-TYPES, IMAGES, REJECTS, DUPLICATES, EXAMPLES = "types", "images", "rejects", "duplicates", "examples"
+TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN = "types", "images", "rejects", "examples", "written"
 
 
 class FileOpener:
@@ -40,9 +40,9 @@ class FileOpener:
 
 
 class Renderer:
-    """Render one dataset's frames; write them as PNGs under png_dir and/or as tf.train.Example records.
-
-    `render()` returns the number of frames and the (key, serialized Example) records, if asked for.
+    """Render one dataset's frames (`encode`), then write them as PNGs under png_dir and/or as
+    tf.train.Example records (`write`). The two steps fail apart: a copy whose pixels do not render can
+    give way to another copy of the instance, while a failed write is the output location's fault.
     """
 
     def __init__(
@@ -58,31 +58,56 @@ class Renderer:
         self._storage = storage or files.Storage()
 
     def render_outputs(self, ds: Any, key: tuple[str, str, str], uri: str) -> Iterator[Any]:
-        """Render and write; Example records to EXAMPLES, a failure to REJECTS (stage pixels), with counters."""
+        """Render and write one copy (no other to fall back on); a pixel failure is a `pixels` reject."""
         try:
-            count, records = self.render(ds, key)
+            pngs = self.encode(ds)
         except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
             Metrics.counter(NAMESPACE, "pixel_errors").inc()
             yield TaggedOutput(REJECTS, reject(uri, "pixels", exc))
             return
+        outputs, _ = self.write_outputs(key, pngs, uri)
+        yield from outputs
+
+    def encode(self, ds: Any) -> list[bytes]:
+        """Every frame as PNG bytes; raises when the pixels cannot be rendered."""
+        return render_png_frames(ds, self.options)
+
+    def write_outputs(self, key: tuple[str, str, str], pngs: list[bytes], uri: str) -> tuple[list[Any], bool]:
+        """Write the PNGs and build the Example records: (outputs, True), or a `write` reject and False.
+
+        Outputs: each written PNG path to WRITTEN, each record to EXAMPLES; counters pngs and
+        rendered_instances, or write_errors.
+        """
+        try:
+            written = self._write_pngs(key, pngs)
+            records = self._examples(key, pngs)
+        except Exception as exc:  # noqa: BLE001 - the output location failed, not the pixels
+            Metrics.counter(NAMESPACE, "write_errors").inc()
+            return [TaggedOutput(REJECTS, reject(uri, "write", exc))], False
         Metrics.counter(NAMESPACE, "rendered_instances").inc()
-        Metrics.counter(NAMESPACE, "pngs").inc(count)
-        for record in records:
-            yield TaggedOutput(EXAMPLES, record)
+        Metrics.counter(NAMESPACE, "pngs").inc(len(pngs))
+        outputs: list[Any] = [TaggedOutput(WRITTEN, path) for path in written]
+        outputs += [TaggedOutput(EXAMPLES, record) for record in records]
+        return outputs, True
 
-    def render(self, ds: Any, key: tuple[str, str, str]) -> tuple[int, list[tuple[str, bytes]]]:
-        pngs = render_png_frames(ds, self.options)
-        if self.png_dir is not None:
-            for target, data in zip(png_paths(self.png_dir, key, len(pngs)), pngs, strict=True):
-                with self._storage.create(target) as f:
-                    f.write(data)
-        records = []
-        if self.examples:
-            from medbeam.pipelines.png_to_tfrecord import dicom_png_example
+    def _write_pngs(self, key: tuple[str, str, str], pngs: list[bytes]) -> list[str]:
+        if self.png_dir is None:
+            return []
+        targets = png_paths(self.png_dir, key, len(pngs))
+        for target, data in zip(targets, pngs, strict=True):
+            with self._storage.create(target) as f:
+                f.write(data)
+        return targets
 
-            for frame, (relative, data) in enumerate(zip(png_paths("", key, len(pngs)), pngs), start=1):
-                records.append((relative.lstrip("/"), dicom_png_example(*key, data, frame=frame)))
-        return len(pngs), records
+    def _examples(self, key: tuple[str, str, str], pngs: list[bytes]) -> list[tuple[str, bytes]]:
+        if not self.examples:
+            return []
+        from medbeam.pipelines.png_to_tfrecord import dicom_png_example
+
+        return [
+            (relative.lstrip("/"), dicom_png_example(*key, data, frame=frame))
+            for frame, (relative, data) in enumerate(zip(png_paths("", key, len(pngs)), pngs), start=1)
+        ]
 
 
 class ParseDicomFn(beam.DoFn):
@@ -172,55 +197,82 @@ class MergeSchemaFn(beam.CombineFn):
         return table_schema(acc)
 
 
-class ChooseRenderSourceFn(beam.DoFn):
-    """One file renders each output path: lossless before lossy, then the smallest path; the rest are duplicates."""
+class RenderInstanceFn(beam.DoFn):
+    """(output key, every file holding that instance) → its PNGs, from the first copy that renders.
 
-    def __init__(self) -> None:
-        self._duplicates = Metrics.counter(NAMESPACE, "duplicates")
-
-    def process(self, element: tuple[tuple[str, str, str], Iterable[RenderSource]]) -> Iterator[Any]:
-        key, sources = element
-        chosen, *others = sorted(set(sources))
-        yield key, chosen.path
-        for other in others:
-            self._duplicates.inc()
-            yield TaggedOutput(
-                DUPLICATES,
-                reject(
-                    other.path,
-                    "duplicate",
-                    f"same instance {key[2]} as {chosen.path}, which renders its PNG"
-                    + (" (lossless copy preferred)" if other.lossy and not chosen.lossy else ""),
-                    "DuplicateInstance",
-                ),
-            )
-
-
-class RenderPngFn(beam.DoFn):
-    """Read the chosen file in full, render every frame, write the PNGs under png_dir."""
+    Copies are tried in a fixed order (lossless before lossy, then the smallest path, see RenderSource):
+    a copy whose pixels cannot be read or rendered gives way to the next one. The other copies are
+    `duplicate` rejects naming the copy that really rendered (and, for a copy that was tried, why it
+    could not); only when no copy renders is every copy a `pixels` reject, each listing all of them.
+    """
 
     def __init__(self, renderer: Renderer, ticker: ProgressTicker, opener: FileOpener | None = None):
         self._renderer = renderer
         self._ticker = ticker
         self._opener = opener or FileOpener()
         self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
+        self._duplicates = Metrics.counter(NAMESPACE, "duplicates")
 
     def setup(self) -> None:
         tune_allocator_for_large_images()
         self._opener.setup()
 
-    def process(self, element: tuple[tuple[str, str, str], str]) -> Iterator[Any]:
-        key, path = element
+    def process(self, element: tuple[tuple[str, str, str], Iterable[RenderSource]]) -> Iterator[Any]:
+        key, sources = element
+        candidates = sorted(set(sources))
+        failures: dict[str, Exception] = {}
         try:
-            with self._opener.open(path) as fp:
-                ds = read_dataset(fp, defer_size=None)
-        except Exception as exc:  # noqa: BLE001 - the row stays; the pixels are this file's reject
-            self._pixel_errors.inc()
-            yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
-        else:
-            yield from self._renderer.render_outputs(ds, key, path)
+            for source in candidates:
+                try:
+                    pngs = self._render(source.path)
+                except Exception as exc:  # noqa: BLE001 - this copy cannot render; try the next one
+                    failures[source.path] = exc
+                    continue
+                outputs, written = self._renderer.write_outputs(key, pngs, source.path)
+                yield from outputs
+                yield from self._duplicate_rejects(key, source, candidates, failures, written)
+                return
+            yield from self._no_copy_renders(key, candidates, failures)
         finally:
             self._ticker.tick()
+
+    def _render(self, path: str) -> list[bytes]:
+        with self._opener.open(path) as fp:
+            ds = read_dataset(fp, defer_size=None)
+        return self._renderer.encode(ds)
+
+    def _duplicate_rejects(
+        self,
+        key: tuple[str, str, str],
+        chosen: RenderSource,
+        candidates: list[RenderSource],
+        failures: dict[str, Exception],
+        written: bool,
+    ) -> Iterator[Any]:
+        role = "which renders its PNG" if written else "chosen to render its PNG (the write failed)"
+        for other in candidates:
+            if other == chosen:
+                continue
+            self._duplicates.inc()
+            message = f"same instance {key[2]} as {chosen.path}, {role}"
+            if other.path in failures:
+                error = failures[other.path]
+                message += f"; this copy was tried first and does not render: {type(error).__name__}: {error}"
+            elif other.lossy and not chosen.lossy:
+                message += " (lossless copy preferred)"
+            yield TaggedOutput(REJECTS, reject(other.path, "duplicate", message, "DuplicateInstance"))
+
+    def _no_copy_renders(
+        self, key: tuple[str, str, str], candidates: list[RenderSource], failures: dict[str, Exception]
+    ) -> Iterator[Any]:
+        others = [c.path for c in candidates]
+        for source in candidates:
+            self._pixel_errors.inc()
+            error = failures[source.path]
+            message = str(error) or repr(error)
+            if len(others) > 1:
+                message += f" (no copy of instance {key[2]} renders; copies tried in order: {', '.join(others)})"
+            yield TaggedOutput(REJECTS, reject(source.path, "pixels", message, type(error).__name__))
 
 
 def _key_from_dicomweb_uri(uri: str) -> tuple[str, str, str]:

@@ -1,0 +1,112 @@
+"""An output directory that matches the run that wrote it: a manifest of written files, stale ones removed.
+
+Every job that writes files into a directory (dicom export's --png-dir, files untar/decompress's
+--output-dir) records what it wrote in ``{dir}/_medbeam/outputs/`` (a Parquet table of paths relative to
+the directory, through the same deterministic writer as every table). A rerun deletes the files the
+previous run's manifest lists and this run did not write, so the directory never mixes two runs. Files
+medbeam did not write (not in any manifest) are never touched; a directory written before manifests
+existed keeps its old files.
+
+Order on any runner, without driver-side steps: one CoGroupByKey of the previous manifest's paths with
+this run's written paths feeds both the stale-file removal and the new manifest, and a (batch) group only
+emits once all its inputs are complete: every file of this run is written and the old manifest is read
+before anything is deleted or the manifest is replaced. The grouping also lists a path written twice once.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import PCollection, TaggedOutput
+
+from medbeam.io import files, tables
+
+#: medbeam's own folder inside an output directory (manifest, and for some jobs the rejects table).
+OWN_SUBDIR = "_medbeam"
+OUTPUTS_TABLE = "outputs"
+OUTPUTS_SCHEMA = pa.schema([("path", pa.string())])
+
+
+def own_dir(output_dir: str) -> str:
+    return files.join(output_dir, OWN_SUBDIR)
+
+
+def relative_to(output_dir: str, path: str) -> str:
+    """`path` relative to `output_dir`; ValueError for a path outside it (never recorded, never deleted)."""
+    base = output_dir.rstrip("/") + "/"
+    if not path.startswith(base):
+        raise ValueError(f"{path} is not under {output_dir}")
+    return path[len(base) :]
+
+
+def previous_outputs(output_dir: str) -> list[str]:
+    """Relative paths the last manifested run wrote into `output_dir` ([] when there is no manifest)."""
+    table_dir = own_dir(output_dir)
+    if not files.list_files(tables.manifest_path(table_dir, OUTPUTS_TABLE)):
+        return []
+    paths: list[str] = []
+    for shard in tables.read_manifest(table_dir, OUTPUTS_TABLE)["files"]:
+        paths += pq.read_table(io.BytesIO(files.read_bytes(shard))).column("path").to_pylist()
+    return paths
+
+
+_MANIFEST_ROWS = "manifest"
+
+
+class _ManifestOrRemoveFn(beam.DoFn):
+    """(relative path, {old: [...], new: [...]}) → a manifest row if this run wrote it, else delete the file."""
+
+    def __init__(self, output_dir: str, namespace: str):
+        self._output_dir = output_dir
+        self._removed = Metrics.counter(namespace, "stale_outputs_removed")
+
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        relative, groups = element
+        if any(True for _ in groups["new"]):
+            yield TaggedOutput(_MANIFEST_ROWS, {"path": relative})
+            return
+        path = files.join(self._output_dir, relative)
+        if files.delete_if_exists(path):
+            files.remove_empty_parents(path, self._output_dir)
+            self._removed.inc()
+            yield relative
+
+
+class ReplaceOutputs(beam.PTransform):
+    """`written_paths | ReplaceOutputs(output_dir, namespace)`: manifest this run's files, drop the last run's rest.
+
+    Input: full paths of the files this run wrote under `output_dir`. Counter `stale_outputs_removed` in
+    `namespace` says how many files of the previous run went.
+    """
+
+    def __init__(self, output_dir: str, namespace: str):
+        super().__init__()
+        self._output_dir = output_dir.rstrip("/") if files.has_scheme(output_dir) else output_dir
+        self._namespace = namespace
+
+    def expand(self, written: PCollection) -> PCollection:
+        p = written.pipeline
+        output_dir = self._output_dir
+        old = p | "Previous manifest" >> beam.Impulse() | "Read it" >> beam.FlatMap(
+            lambda _: previous_outputs(output_dir)
+        )
+        new = written | "Relative" >> beam.Map(lambda path: relative_to(output_dir, path))
+        grouped = (
+            {
+                "old": old | "Key old" >> beam.Map(lambda r: (r, None)),
+                "new": new | "Key new" >> beam.Map(lambda r: (r, None)),
+            }
+            | "Old vs new" >> beam.CoGroupByKey()
+            | "Manifest or remove"
+            >> beam.ParDo(_ManifestOrRemoveFn(output_dir, self._namespace)).with_outputs(_MANIFEST_ROWS, main="removed")
+        )
+        _ = grouped[_MANIFEST_ROWS] | "Write manifest" >> tables.WriteTable(
+            own_dir(output_dir), OUTPUTS_TABLE, OUTPUTS_SCHEMA, ("path",)
+        )
+        return grouped.removed
