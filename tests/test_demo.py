@@ -19,3 +19,7 @@ def test_demo_exports_the_corpus_and_reports_tables_pngs_and_tfrecords(tmp_path,
     assert records == pngs
     assert "png_bytes" in out and "study" in out
     assert len(list((tmp_path / "png").rglob("*.png"))) == pngs
+    # The RTDOSE instance (7 copies; badVR.dcm sorts first and does not render) gets rtdose.dcm's 15 frames.
+    rtdose = re.search(r"^\s+RTDOSE\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.MULTILINE)
+    assert rtdose is not None and tuple(map(int, rtdose.groups())) == (7, 1, 1, 15)
+    assert re.search(r"badVR\.dcm\s+rtdose\.dcm\s+1\.9\.999\.999\.99\.9\.9999\.9999\.20030818153516", out)

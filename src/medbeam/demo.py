@@ -9,7 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import typer
+
+from medbeam.transforms.outputs import previous_outputs
 
 
 def demo_corpus_dirs() -> list[Path]:
@@ -46,12 +49,36 @@ def run_demo(out: Path, progress: bool = True) -> None:
     typer.echo("")
     typer.echo(counts.summary())
     with duckdb.connect(config.duckdb_path, read_only=True) as con:
+        con.register("png_files", pa.table({"path": previous_outputs(config.png_dir)}))
         _print_query(
             con,
-            "Instances per modality",
-            """SELECT coalesce(Modality, '(none)') AS modality, count(*) AS instances,
+            "Instances per modality (files: one metadata row each; rendered: SOP instances with PNGs)",
+            """WITH rendered AS (
+                   SELECT regexp_replace(split_part(path, '/', 3), '[.]png$', '') AS sop, count(*) AS pngs
+                   FROM png_files GROUP BY 1),
+               rows AS (
+                   SELECT coalesce(Modality, '(none)') AS kind, SOPInstanceUID AS sop, TransferSyntaxUID,
+                          -- instances without a SOP Instance UID render under a placeholder named by the file
+                          coalesce(SOPInstanceUID, '_file-' || left(sha1(path), 20)) AS png_key
+                   FROM dicom_metadata),
+               images AS (
+                   SELECT kind, count(r.sop) AS rendered, coalesce(sum(r.pngs), 0) AS pngs
+                   FROM (SELECT DISTINCT kind, png_key FROM rows) LEFT JOIN rendered r ON r.sop = png_key
+                   GROUP BY 1)
+               SELECT kind AS modality, count(*) AS files, count(DISTINCT png_key) AS instances,
+                      any_value(i.rendered) AS rendered, any_value(i.pngs) AS pngs,
                       count(DISTINCT TransferSyntaxUID) AS transfer_syntaxes
-               FROM dicom_metadata GROUP BY 1 ORDER BY 2 DESC, 1""",
+               FROM rows JOIN images i USING (kind)
+               GROUP BY 1 ORDER BY 2 DESC, 1""",
+        )
+        _print_query(
+            con,
+            "Instances rendered from a later copy, because the preferred copy's pixels do not render",
+            """SELECT regexp_extract(uri, '[^/]*$') AS copy_not_rendering,
+                      regexp_extract(message, ' as [^ ]*/([^/ ,]*),', 1) AS rendered_from,
+                      regexp_extract(message, 'same instance ([^ ]*)', 1) AS instance
+               FROM rejects WHERE stage = 'duplicate' AND message LIKE '%tried first and does not render%'
+               ORDER BY 1""",
         )
         _print_query(
             con,
