@@ -24,12 +24,17 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
-from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args, runs_in_one_local_worker
+from medbeam.pipelines.common import (
+    counters_from,
+    is_local_runner,
+    local_beam_args,
+    runs_in_one_local_worker,
+)
 from medbeam.transforms.dicom import (
     EXAMPLES,
     IMAGES,

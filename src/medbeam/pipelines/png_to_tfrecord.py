@@ -36,9 +36,9 @@ from medbeam.imaging.codec import (
     transcode,
 )
 from medbeam.imaging.resize import check_resize_mode
-from medbeam.pipelines.common import is_local_runner, local_beam_args
 from medbeam.io import files, tables
 from medbeam.io import tfrecord as tfr
+from medbeam.pipelines.common import is_local_runner, local_beam_args
 from medbeam.transforms.errors import REJECT_SCHEMA, reject
 from medbeam.transforms.outputs import own_dir
 

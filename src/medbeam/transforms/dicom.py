@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-from urllib.parse import unquote
 from collections.abc import Iterable, Iterator
 from functools import reduce
 from typing import Any, BinaryIO
+from urllib.parse import unquote
 
 import apache_beam as beam
 import pyarrow as pa
