@@ -104,13 +104,15 @@ class TableSpec:
     """One table of a WriteTables: its name, its schema and the columns its rows are ordered by.
 
     `schema` is a pa.Schema, or a PCollection holding at most one; when that PCollection is empty
-    (no rows at all), `empty_schema` is the table's schema.
+    (no rows at all), `empty_schema` is the table's schema. `table_dir` places this table in a folder of
+    its own instead of the WriteTables one (an output folder's manifest), still sharing its steps.
     """
 
     name: str
     schema: Any  # pa.Schema | PCollection
     key_columns: tuple[str, ...]
     empty_schema: pa.Schema | None = None
+    table_dir: str | None = None
 
 
 def _num_shards(row_count: int, rows_per_shard: int) -> int:
@@ -133,8 +135,10 @@ class _AssignShard(beam.DoFn):
 
 
 class _WriteShard(beam.DoFn):
-    def __init__(self, table_dir: str, specs: list[TableSpec], static_schemas: dict[str, pa.Schema], rows_per_shard: int):
-        self._table_dir = table_dir
+    def __init__(
+        self, table_dirs: dict[str, str], specs: list[TableSpec], static_schemas: dict[str, pa.Schema], rows_per_shard: int
+    ):
+        self._table_dirs = table_dirs
         self._key_columns = {spec.name: spec.key_columns for spec in specs}
         self._static_schemas = static_schemas
         self._rows_per_shard = rows_per_shard
@@ -148,7 +152,7 @@ class _WriteShard(beam.DoFn):
         (name, index), rows = element
         keys = self._key_columns[name]
         ordered = sorted(rows, key=lambda r: tuple(str(r.get(c) or "") for c in keys))
-        path = shard_path(self._table_dir, name, index, _num_shards(row_counts[name], self._rows_per_shard))
+        path = shard_path(self._table_dirs[name], name, index, _num_shards(row_counts[name], self._rows_per_shard))
         files.write_bytes(path, parquet_bytes(ordered, _table_schema(name, self._static_schemas, schemas)))
         yield name, path
 
@@ -156,8 +160,8 @@ class _WriteShard(beam.DoFn):
 class _FinishTables(beam.DoFn):
     """Per table: the manifest (and an empty shard for an empty table), stale shards dropped, the BQ schema."""
 
-    def __init__(self, table_dir: str, names: list[str], static_schemas: dict[str, pa.Schema]):
-        self._table_dir = table_dir
+    def __init__(self, table_dirs: dict[str, str], names: list[str], static_schemas: dict[str, pa.Schema]):
+        self._table_dirs = table_dirs
         self._names = names
         self._static_schemas = static_schemas
 
@@ -173,23 +177,24 @@ class _FinishTables(beam.DoFn):
 
     def _finish(self, name: str, written: list[str], row_count: int, schemas: dict[str, pa.Schema] | None) -> str:
         schema = _table_schema(name, self._static_schemas, schemas)
+        table_dir = self._table_dirs[name]
         shards = sorted(written)
         if not shards:
-            empty = shard_path(self._table_dir, name, 0, 1)
+            empty = shard_path(table_dir, name, 0, 1)
             files.write_bytes(empty, parquet_bytes([], schema))
             shards = [empty]
         manifest = {"table": name, "rows": row_count, "files": shards}
         files.write_bytes(
-            manifest_path(self._table_dir, name), json.dumps(manifest, indent=2).encode(), "application/json"
+            manifest_path(table_dir, name), json.dumps(manifest, indent=2).encode(), "application/json"
         )
-        existing = files.list_files(files.join(self._table_dir, name, "*.parquet"))
+        existing = files.list_files(files.join(table_dir, name, "*.parquet"))
         files.delete_files([p for p in existing if p not in set(shards)])
         files.write_bytes(
-            bigquery_schema_path(self._table_dir, name),
+            bigquery_schema_path(table_dir, name),
             json.dumps(bigquery_schema(schema), indent=2).encode(),
             "application/json",
         )
-        return manifest_path(self._table_dir, name)
+        return manifest_path(table_dir, name)
 
 
 class WriteTables(beam.PTransform):
@@ -205,7 +210,7 @@ class WriteTables(beam.PTransform):
         super().__init__()
         if len({spec.name for spec in specs}) != len(specs) or not specs:
             raise ValueError("WriteTables needs one or more tables with distinct names")
-        self._table_dir = table_dir
+        self._table_dirs = {spec.name: spec.table_dir or table_dir for spec in specs}
         self._specs = list(specs)
         self._rows_per_shard = rows_per_shard
 
@@ -233,7 +238,7 @@ class WriteTables(beam.PTransform):
             | "Shard" >> beam.ParDo(_AssignShard(key_columns, self._rows_per_shard), row_counts)
             | "Group" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(
-                _WriteShard(self._table_dir, self._specs, static, self._rows_per_shard), row_counts, **schemas
+                _WriteShard(self._table_dirs, self._specs, static, self._rows_per_shard), row_counts, **schemas
             )
         )
         collected = written | "Collect" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
@@ -241,7 +246,7 @@ class WriteTables(beam.PTransform):
             p
             | f"{'+'.join(names)}: finish" >> beam.Impulse()
             | "Finish" >> beam.ParDo(
-                _FinishTables(self._table_dir, names, static), AsDict(collected), row_counts, **schemas
+                _FinishTables(self._table_dirs, names, static), AsDict(collected), row_counts, **schemas
             )
         )
 

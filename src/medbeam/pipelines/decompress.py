@@ -39,7 +39,7 @@ from medbeam.pipelines.untar import (
     summary_extras,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
-from medbeam.transforms.outputs import ReplaceOutputs
+from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
 
 NAMESPACE = "medbeam.decompress"
 REJECTS, WRITTEN = "rejects", "written"
@@ -255,14 +255,12 @@ def build(p: beam.Pipeline, config: DecompressConfig) -> None:
     decompressed = resolved.jobs | "Decompress" >> beam.ParDo(
         DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)))
     ).with_outputs(WRITTEN, main="failed")
+    rows = {REJECTS_TABLE: [planned[REJECTS], resolved[REJECTS], decompressed.failed] | "All rejects" >> beam.Flatten()}
+    specs = [tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"))]
     if config.output_dir is not None:  # copies beside their inputs have no folder of their own to manifest
-        _ = decompressed[WRITTEN] | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
-    (
-        [planned[REJECTS], resolved[REJECTS], decompressed.failed]
-        | "All rejects" >> beam.Flatten()
-        | "Write rejects"
-        >> tables.WriteTable(rejects_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard)
-    )
+        rows[OUTPUTS_TABLE] = decompressed[WRITTEN] | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
+        specs.append(outputs_table(config.output_dir))
+    _ = rows | "Write tables" >> tables.WriteTables(rejects_dir, specs, config.rows_per_shard)
 
 
 def preflight(config: DecompressConfig, limit: int = PREFLIGHT_FILES) -> None:

@@ -51,7 +51,7 @@ from medbeam.transforms.dicom import (
     RenderInstanceFn,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
-from medbeam.transforms.outputs import ReplaceOutputs
+from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
 
 METADATA_TABLE = "dicom_metadata"
@@ -212,8 +212,6 @@ def build(
         examples, written = rendered[EXAMPLES], rendered[WRITTEN]
     else:
         examples, written = parsed[EXAMPLES], parsed[WRITTEN]
-    if config.png_dir is not None:
-        _ = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE)
     if config.tfrecord_prefix is not None:
         _write_examples(p, config, examples)
     table_specs = [
@@ -222,10 +220,11 @@ def build(
         ),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
-    _ = {
-        METADATA_TABLE: parsed.rows,
-        REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten(),
-    } | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
+    rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
+    if config.png_dir is not None:
+        rows[OUTPUTS_TABLE] = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE)
+        table_specs.append(outputs_table(config.png_dir))
+    _ = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
 
 
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:

@@ -28,7 +28,12 @@ from apache_beam.pvalue import TaggedOutput
 from medbeam.io import archives, files, tables
 from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
-from medbeam.transforms.outputs import ReplaceOutputs, own_dir
+from medbeam.transforms.outputs import (
+    OUTPUTS_TABLE,
+    ReplaceOutputs,
+    outputs_table,
+    own_dir,
+)
 
 NAMESPACE = "medbeam.untar"
 WRITTEN, REJECTS = "written", "rejects"
@@ -243,22 +248,24 @@ def build(p: beam.Pipeline, config: UntarConfig) -> None:
             )
         ).with_outputs(REJECTS, main=WRITTEN)
     )
-    _ = (
-        untarred[WRITTEN]
-        | "Written paths" >> beam.Map(lambda written: written[0])
-        | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
-    )
     input_paths = matched | "Archive paths" >> beam.Map(lambda kv: (kv[0], None))
     collisions = (
         {"written": untarred[WRITTEN], "archive": input_paths}
         | "By output path" >> beam.CoGroupByKey()
         | "Collisions" >> beam.ParDo(ReportCollisionsFn())
     )
-    (
-        [untarred[REJECTS], collisions]
-        | "All rejects" >> beam.Flatten()
-        | "Write rejects"
-        >> tables.WriteTable(config.rejects_dir, REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"), config.rows_per_shard)
+    manifest = (
+        untarred[WRITTEN]
+        | "Written paths" >> beam.Map(lambda written: written[0])
+        | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
+    )
+    _ = {
+        REJECTS_TABLE: [untarred[REJECTS], collisions] | "All rejects" >> beam.Flatten(),
+        OUTPUTS_TABLE: manifest,
+    } | "Write tables" >> tables.WriteTables(
+        config.rejects_dir,
+        [tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")), outputs_table(config.output_dir)],
+        config.rows_per_shard,
     )
 
 

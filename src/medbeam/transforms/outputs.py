@@ -7,7 +7,7 @@ previous run's manifest lists and this run did not write, so the directory never
 medbeam did not write (not in any manifest) are never touched; a directory written before manifests
 existed keeps its old files.
 
-Order on any runner, without driver-side steps: one CoGroupByKey of the previous manifest's paths with
+Order on any runner, without driver-side steps: one GroupByKey of the previous manifest's paths with
 this run's written paths feeds both the stale-file removal and the new manifest, and a (batch) group only
 emits once all its inputs are complete: every file of this run is written and the old manifest is read
 before anything is deleted or the manifest is replaced. The grouping also lists a path written twice once.
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
-from apache_beam.pvalue import PCollection, TaggedOutput
+from apache_beam.pvalue import PCollection
 
 from medbeam.io import files, tables
 
@@ -56,32 +55,34 @@ def previous_outputs(output_dir: str) -> list[str]:
     return paths
 
 
-_MANIFEST_ROWS = "manifest"
-
-
 class _ManifestOrRemoveFn(beam.DoFn):
-    """(relative path, {old: [...], new: [...]}) → a manifest row if this run wrote it, else delete the file."""
+    """(relative path, [written by this run?, …]) → a manifest row if this run wrote it, else delete the file."""
 
     def __init__(self, output_dir: str, namespace: str):
         self._output_dir = output_dir
         self._removed = Metrics.counter(namespace, "stale_outputs_removed")
 
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
-        relative, groups = element
-        if any(True for _ in groups["new"]):
-            yield TaggedOutput(_MANIFEST_ROWS, {"path": relative})
+    def process(self, element: tuple[str, Iterable[bool]]) -> Iterator[dict[str, str]]:
+        relative, written_now = element
+        if any(written_now):
+            yield {"path": relative}
             return
         path = files.join(self._output_dir, relative)
         if files.delete_if_exists(path):
             files.remove_empty_parents(path, self._output_dir)
             self._removed.inc()
-            yield relative
+
+
+def outputs_table(output_dir: str) -> tables.TableSpec:
+    """The manifest's table, for the job's own WriteTables (sharing its steps costs fewer transforms)."""
+    return tables.TableSpec(OUTPUTS_TABLE, OUTPUTS_SCHEMA, ("path",), table_dir=own_dir(output_dir))
 
 
 class ReplaceOutputs(beam.PTransform):
-    """`written_paths | ReplaceOutputs(output_dir, namespace)`: manifest this run's files, drop the last run's rest.
+    """`written_paths | ReplaceOutputs(output_dir, namespace)`: drop the last run's other files; manifest rows out.
 
-    Input: full paths of the files this run wrote under `output_dir`. Counter `stale_outputs_removed` in
+    Input: full paths of the files this run wrote under `output_dir`. Output: this run's manifest rows,
+    for `outputs_table(output_dir)` in the job's WriteTables. Counter `stale_outputs_removed` in
     `namespace` says how many files of the previous run went.
     """
 
@@ -93,20 +94,15 @@ class ReplaceOutputs(beam.PTransform):
     def expand(self, written: PCollection) -> PCollection:
         p = written.pipeline
         output_dir = self._output_dir
+        # A hand-made co-group (Flatten + GroupByKey): CoGroupByKey's extra steps cost the DirectRunner
+        # ~25 ms each per run, which a one-file export feels.
         old = p | "Previous manifest" >> beam.Impulse() | "Read it" >> beam.FlatMap(
-            lambda _: previous_outputs(output_dir)
+            lambda _: ((relative, False) for relative in previous_outputs(output_dir))
         )
-        new = written | "Relative" >> beam.Map(lambda path: relative_to(output_dir, path))
-        grouped = (
-            {
-                "old": old | "Key old" >> beam.Map(lambda r: (r, None)),
-                "new": new | "Key new" >> beam.Map(lambda r: (r, None)),
-            }
-            | "Old vs new" >> beam.CoGroupByKey()
-            | "Manifest or remove"
-            >> beam.ParDo(_ManifestOrRemoveFn(output_dir, self._namespace)).with_outputs(_MANIFEST_ROWS, main="removed")
+        new = written | "Relative" >> beam.Map(lambda path: (relative_to(output_dir, path), True))
+        return (
+            (old, new)
+            | "Old and new" >> beam.Flatten()
+            | "By path" >> beam.GroupByKey()
+            | "Manifest or remove" >> beam.ParDo(_ManifestOrRemoveFn(output_dir, self._namespace))
         )
-        _ = grouped[_MANIFEST_ROWS] | "Write manifest" >> tables.WriteTable(
-            own_dir(output_dir), OUTPUTS_TABLE, OUTPUTS_SCHEMA, ("path",)
-        )
-        return grouped.removed
