@@ -1,0 +1,171 @@
+"""The one runner every job uses: Beam options, the local-runner choice, progress, run, counts, DuckDB.
+
+A job's run() is: validate (its config did), check its inputs and outputs, `run_job(build, …)`, read its
+counts from Beam Metrics (`counters`, right on any runner, unlike anything summed in the driver), load its
+tables into DuckDB (`load_tables`), and return a counts object whose summary() is one `summary_line`.
+
+Local runs: Beam's DirectRunner engine (FnApiRunner) is named outright, because Beam's DirectRunner would
+first try to download the Prism runner from GitHub (an offline machine waits for it, an online one silently
+switches to it). One rule for going multi-process: when the job's estimate of its work on one core is at
+least AUTO_PARALLEL_MIN_SECONDS, every core is used — worker processes cost ~5 s a run on this machine
+(importing Beam, shutting down), which smaller runs would not repay. Work that waits on a server (STOW-RS)
+uses threads instead. A user's own --direct_running_mode / --direct_num_workers always wins.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from medbeam.io import files, tables
+from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
+
+#: Estimated single-core seconds of work from which a local run uses every core.
+AUTO_PARALLEL_MIN_SECONDS = 10.0
+_LOCAL_RUNNER_HINTS = ("direct", "prism", "fnapi")
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """A job's measured single-core cost: seconds per input file and per input byte (for the local choice)."""
+
+    seconds_per_file: float
+    seconds_per_byte: float = 0.0
+
+    def seconds(self, file_count: int, total_bytes: int = 0) -> float:
+        return file_count * self.seconds_per_file + total_bytes * self.seconds_per_byte
+
+
+def pipeline_options(beam_args: list[str] | None) -> PipelineOptions:
+    """Options from the pass-through args, also given to FileSystems (S3 endpoint, GCS project…)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    options = PipelineOptions(list(beam_args or []))
+    FileSystems.set_options(options)
+    return options
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or any(h in str(runner).lower() for h in _LOCAL_RUNNER_HINTS)
+
+
+def runs_in_one_local_worker(options: PipelineOptions) -> bool:
+    """True for the DirectRunner's in-memory mode with one worker: nothing to spread work over.
+
+    A Reshuffle there only adds transforms (~20 ms of build and run time each on this machine) and a copy of
+    every element; on any other runner or mode it is what fans work out, and stays.
+    """
+    direct = options.view_as(DirectOptions)
+    mode = direct.direct_running_mode or "in_memory"
+    return is_local_runner(options) and mode == "in_memory" and (direct.direct_num_workers or 1) <= 1
+
+
+def local_beam_args(
+    beam_args: list[str], parallel: bool, workers: int | None = None, mode: str = "multi_processing"
+) -> list[str]:
+    """Beam args for a local run: the FnApiRunner named, and with `parallel` every core (at most `workers`)
+    in `multi_processing`, or `workers` threads in `multi_threading`, unless the user chose the mode."""
+    args = list(beam_args)
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append("--runner=FnApiRunner")
+    chosen = any(a.startswith(("--direct_running_mode", "--direct_num_workers")) for a in args)
+    if not parallel or chosen:
+        return args
+    cores = os.cpu_count() or 1
+    count = (workers or 1) if mode == "multi_threading" else min(cores, workers or cores)
+    if count > 1:
+        args += [f"--direct_running_mode={mode}", f"--direct_num_workers={count}"]
+    return args
+
+
+@dataclass
+class LocalPlan:
+    """How a local run spreads: `estimate()` (single-core seconds) decides; threads for server-bound work."""
+
+    estimate: Callable[[], float]
+    workers: int | None = None
+    mode: str = "multi_processing"
+
+
+def run_job(
+    build: Callable[..., None],
+    beam_args: list[str] | None,
+    local: LocalPlan | None = None,
+    progress: Mapping[str, int | None] | None = None,
+    show_progress: bool = True,
+) -> beam.runners.runner.PipelineResult:
+    """Build and run one pipeline to completion.
+
+    `build(p)` wires the job; with `progress` (stage name → total or None) it is called as
+    `build(p, tickers)` with a ProgressTicker per stage, drawn as bars on local runs (on a terminal).
+    """
+    beam_args = list(beam_args or [])
+    options = pipeline_options(beam_args)
+    local_run = is_local_runner(options)
+    if local_run:
+        parallel = local is not None and local.estimate() >= AUTO_PARALLEL_MIN_SECONDS
+        workers, mode = (local.workers, local.mode) if local is not None else (None, "multi_processing")
+        options = PipelineOptions(local_beam_args(beam_args, parallel, workers, mode))
+    with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
+        stages = dict(progress or {})
+        with ProgressMonitor(progress_dir, stages, enabled=bool(stages) and show_progress and local_run) as monitor:
+            pipeline = beam.Pipeline(options=options)
+            if progress is None:
+                build(pipeline)
+            else:
+                build(pipeline, {name: monitor.ticker(name) for name in stages})
+            result = pipeline.run()
+            result.wait_until_finish()
+    return result
+
+
+def no_tickers(stages: Iterable[str]) -> dict[str, ProgressTicker]:
+    """Tickers that draw nothing: for build() called outside run_job (tests, other runners)."""
+    return {name: ProgressTicker(None) for name in stages}
+
+
+def counters(result: beam.runners.runner.PipelineResult, namespace: str) -> dict[str, int]:
+    """Beam Metrics counters of one namespace, summed (committed where the runner reports it)."""
+    values: dict[str, int] = {}
+    query = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(namespace))
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        name = counter.key.metric.name
+        values[name] = values.get(name, 0) + int(value or 0)
+    return values
+
+
+def counts_of(counts_class: type, values: Mapping[str, int], **extra: Any) -> Any:
+    """A job's counts dataclass from its counters (names not fields of the class are left out)."""
+    fields = counts_class.__dataclass_fields__
+    return counts_class(**{k: v for k, v in values.items() if k in fields and k not in extra}, **extra)
+
+
+def by_stage(values: Mapping[str, int], prefix: str = "rejected.") -> dict[str, int]:
+    """Counters named `rejected.<stage>` → {stage: count}, zeros left out."""
+    return {k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix) and v}
+
+
+def summary_line(inputs: str, written: str, rejected: int, extras: Iterable[str] = (), also: str = "") -> str:
+    """Every job's summary: `N <inputs> in, M <outputs> written[, also], K rejected (extra; extra)`."""
+    parts = [p for p in extras if p]
+    line = f"{inputs} in, {written} written{', ' + also if also else ''}, {rejected} rejected"
+    return line + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def check_duckdb_path(path: str | None) -> None:
+    if path is not None and files.has_scheme(path):
+        raise ValueError("--duckdb must be a local file; use --parquet-dir for gs:// or s3:// tables")
+
+
+def load_tables(duckdb_path: str | None, table_dir: str, names: list[str]) -> None:
+    """(Re)create the job's tables in its DuckDB file, when it has one."""
+    if duckdb_path is not None:
+        tables.load_into_duckdb(duckdb_path, table_dir, names)
