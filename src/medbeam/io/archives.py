@@ -127,6 +127,9 @@ def format_size(n: int | None) -> str:
     raise AssertionError
 
 
+#: Most expanded bytes per compressed input byte before a stream counts as a decompression bomb.
+DEFAULT_MAX_RATIO = 1000.0
+
 @dataclass(frozen=True)
 class Limits:
     """Decompression-bomb guard, checked while streaming.
@@ -137,7 +140,7 @@ class Limits:
     """
 
     max_bytes: int | None = None
-    max_ratio: float | None = 1000.0
+    max_ratio: float | None = DEFAULT_MAX_RATIO
     ratio_min_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:

@@ -16,33 +16,33 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
-from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pvalue import TaggedOutput
 
 from medbeam.io import archives, files, tables
-from medbeam.pipelines.untar import (
-    DEFAULT_MAX_RATIO,
-    TABLES_SUBDIR,
-    by_stage,
-    check_duckdb_path,
-    counters_from,
-    load_duckdb,
-    run_pipeline,
-    summary_extras,
+from medbeam.pipelines import runner
+from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.files import (
+    DECOMPRESS_NAMESPACE,
+    REJECTS,
+    WRITTEN,
+    DecompressFn,
+    PlanFn,
+    ResolveFn,
+    indexed_files,
 )
-from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
-from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
+from medbeam.transforms.outputs import (
+    OUTPUTS_TABLE,
+    ReplaceOutputs,
+    outputs_table,
+    own_dir,
+)
 
-NAMESPACE = "medbeam.decompress"
-REJECTS, WRITTEN = "rejects", "written"
+NAMESPACE = DECOMPRESS_NAMESPACE
+DEFAULT_MAX_RATIO = archives.DEFAULT_MAX_RATIO
 DEFAULT_PATTERN = r"(.*)\.(?:gz|bz2|xz|zst)$"
 DEFAULT_REPL = r"\1"
 DEFAULT_MAX_OUTPUT_BYTES = 64 << 30
@@ -71,9 +71,9 @@ class DecompressConfig:
         if self.output_dir is not None:
             self.output_dir = archives.normalize_dir(self.output_dir)
         if self.rejects_dir is None:
-            self.rejects_dir = files.join(self.output_dir or _input_dir(self.inputs[0]), TABLES_SUBDIR)
+            self.rejects_dir = own_dir(self.output_dir or _input_dir(self.inputs[0]))
         self.rejects_dir = archives.normalize_dir(self.rejects_dir)
-        check_duckdb_path(self.duckdb_path)
+        runner.check_duckdb_path(self.duckdb_path)
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
         self.limits  # noqa: B018 - validates the limits now, not on a worker
@@ -110,118 +110,7 @@ class DecompressCounts:
 
     def summary(self) -> str:
         line = f"{self.files_in} files in, {self.written} written, {self.rejected} rejected"
-        return line + summary_extras(self.rejected_by_stage, stale=self.stale_outputs_removed)
-
-
-def _counter(name: str):
-    return Metrics.counter(NAMESPACE, name)
-
-
-class PlanFn(beam.DoFn):
-    """(path, (input index, size)) → (output path, (path, size)), or a `path` reject."""
-
-    def __init__(self, pattern: str, repl: str, bases: list[str], output_dir: str | None):
-        self._pattern = pattern
-        self._repl = repl
-        self._bases = bases
-        self._output_dir = output_dir
-        self._regex: re.Pattern[str] | None = None
-        self._files_in = _counter("files_in")
-        self._rejected = _counter("rejected")
-
-    def setup(self) -> None:
-        self._regex = re.compile(self._pattern)
-
-    def process(self, element: tuple[str, tuple[int, int]]) -> Iterator[object]:
-        path, (index, size) = element
-        self._files_in.inc()
-        try:
-            output = archives.decompressed_path(path, self._regex, self._repl, self._bases[index], self._output_dir)
-        except archives.FileJobError as exc:
-            self._rejected.inc()
-            _counter(f"rejected.{exc.stage}").inc()
-            yield TaggedOutput(REJECTS, reject(path, exc.stage, exc))
-            return
-        yield output, (path, size)
-
-
-class ResolveFn(beam.DoFn):
-    """(output path, {plans: [(path, size)…], input: [None if the output path is itself an input]}) →
-    the one (path, size, output) to decompress, and rejects for the others."""
-
-    def __init__(self):
-        self._rejected = _counter("rejected")
-        self._collision = _counter("rejected.collision")
-
-    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator[object]:
-        output, groups = element
-        plans = sorted(groups["plans"])
-        if not plans:
-            return
-        if any(True for _ in groups["input"]):
-            for path, _size in plans:
-                self._rejected.inc()
-                self._collision.inc()
-                yield TaggedOutput(
-                    REJECTS,
-                    reject(
-                        path,
-                        "collision",
-                        f"output {output} is another input of this run; decompressing into it would "
-                        "overwrite a file while it is read",
-                        "OutputCollision",
-                    ),
-                )
-            return
-        (path, size), losers = plans[0], plans[1:]
-        yield path, size, output
-        for loser, _size in losers:
-            self._rejected.inc()
-            self._collision.inc()
-            yield TaggedOutput(
-                REJECTS,
-                reject(
-                    loser,
-                    "collision",
-                    f"output {output} is also the output of {path}, which was kept",
-                    "OutputCollision",
-                ),
-            )
-
-
-class DecompressFn(beam.DoFn):
-    """(path, size, output) → the output path (tag WRITTEN) on success; a reject otherwise (partial output deleted)."""
-
-    def __init__(self, limits: archives.Limits, storage: files.Storage):
-        self._limits = limits
-        self._storage = storage
-        self._written = _counter("written")
-        self._rejected = _counter("rejected")
-        self._bytes_in = _counter("bytes_in")
-        self._bytes_out = _counter("bytes_out")
-
-    def process(self, element: tuple[str, int, str]) -> Iterator[Any]:
-        path, size, output = element
-        try:
-            _fmt, written = archives.decompress_file(path, size, output, self._limits, self._storage)
-        except archives.FileJobError as exc:
-            stage, error = exc.stage, exc
-        except Exception as exc:  # noqa: BLE001 - e.g. unreadable: this file's reject, the run goes on
-            stage, error = "read", exc
-        else:
-            self._written.inc()
-            self._bytes_in.inc(size)
-            self._bytes_out.inc(written)
-            yield TaggedOutput(WRITTEN, output)
-            return
-        self._rejected.inc()
-        _counter(f"rejected.{stage}").inc()
-        yield reject(path, stage, error)
-
-
-def _indexed_files(match, index: int) -> Iterator[tuple[str, tuple[int, int]]]:
-    if not match.path.endswith("/"):
-        yield match.path, (index, match.size_in_bytes)
+        return line + runner.file_job_extras(self.rejected_by_stage, stale=self.stale_outputs_removed)
 
 
 def build(p: beam.Pipeline, config: DecompressConfig) -> None:
@@ -232,7 +121,7 @@ def build(p: beam.Pipeline, config: DecompressConfig) -> None:
         p
         | f"Input {i}" >> beam.Create([pattern])
         | f"Match {i}" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-        | f"Files {i}" >> beam.FlatMap(_indexed_files, i)
+        | f"Files {i}" >> beam.FlatMap(indexed_files, i)
         for i, pattern in enumerate(config.patterns)
     ]
     selected = (
@@ -281,14 +170,13 @@ def preflight(config: DecompressConfig, limit: int = PREFLIGHT_FILES) -> None:
 
 def run(config: DecompressConfig, beam_args: list[str] | None = None) -> DecompressCounts:
     """Run the decompress job to completion, load DuckDB if asked, and return the reconciled counts."""
-    beam_args = list(beam_args or [])
-    FileSystems.set_options(PipelineOptions(beam_args))
+    runner.pipeline_options(beam_args)
     preflight(config)
-    result = run_pipeline(build, config, beam_args, config.patterns, config.rejects_dir)
-    values = counters_from(result, NAMESPACE)
-    counts = DecompressCounts(
-        **{k: v for k, v in values.items() if k in DecompressCounts.__dataclass_fields__ and k != "rejected_by_stage"},
-        rejected_by_stage=by_stage(values),
-    )
-    load_duckdb(config.duckdb_path, config.rejects_dir)
+    files.check_inputs_exist(config.patterns)
+    sizes = runner.listed_sizes(config.patterns, exclude_dir=config.rejects_dir)
+    plan = runner.LocalPlan(lambda: runner.stream_job_seconds(sizes), workers=len(sizes))
+    result = runner.run_job(lambda p: build(p, config), beam_args, plan)
+    values = runner.counters(result, NAMESPACE)
+    counts = runner.counts_of(DecompressCounts, values, rejected_by_stage=runner.by_stage(values))
+    runner.load_tables(config.duckdb_path, config.rejects_dir, [REJECTS_TABLE])
     return counts

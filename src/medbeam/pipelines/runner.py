@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DirectOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from medbeam.io import files, tables
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
@@ -160,9 +164,50 @@ def summary_line(inputs: str, written: str, rejected: int, extras: Iterable[str]
     return line + (f" ({'; '.join(parts)})" if parts else "")
 
 
+def listed_sizes(patterns: list[str], exclude_dir: str | None = None) -> dict[str, int]:
+    """{path: size} of every file the patterns match (driver-side, for the local estimate only)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from medbeam.io import archives
+
+    sizes: dict[str, int] = {}
+    for result in FileSystems.match(patterns):
+        for m in result.metadata_list:
+            if not m.path.endswith("/") and not (exclude_dir and archives.is_under(m.path, exclude_dir)):
+                sizes[m.path] = m.size_in_bytes
+    return sizes
+
+
+#: Single-core cost of the file jobs (untar, decompress: streamed decompression + writes): with two or
+#: more inputs, about 64 MB in all repays worker processes.
+STREAM_JOB_COST = CostModel(seconds_per_file=0.0, seconds_per_byte=AUTO_PARALLEL_MIN_SECONDS / (64 << 20))
+
+
+def stream_job_seconds(sizes: Mapping[str, int]) -> float:
+    """Estimated single-core work of a file job; each input is one stream, so one input cannot be spread."""
+    return STREAM_JOB_COST.seconds(len(sizes), sum(sizes.values())) if len(sizes) >= 2 else 0.0
+
+
+def file_job_extras(by_stage: Mapping[str, int], dirs_skipped: int = 0, collisions: int = 0, stale: int = 0) -> str:
+    """The bracketed end of the file jobs' summaries: rejects by stage, skipped folders, collisions, removals."""
+    parts = []
+    if by_stage:
+        parts.append(", ".join(f"{n} {stage}" for stage, n in sorted(by_stage.items()) if n))
+    if dirs_skipped:
+        parts.append(f"{dirs_skipped} director{'y' if dirs_skipped == 1 else 'ies'} skipped")
+    if collisions:
+        parts.append(
+            f"{collisions} output path{'' if collisions == 1 else 's'} written more than once "
+            "(rejects, stage collision)"
+        )
+    if stale:
+        parts.append(f"{stale} file{'' if stale == 1 else 's'} of the previous run removed")
+    return f" ({'; '.join(parts)})" if parts else ""
+
+
 def check_duckdb_path(path: str | None) -> None:
     if path is not None and files.has_scheme(path):
-        raise ValueError("--duckdb must be a local file; use --parquet-dir for gs:// or s3:// tables")
+        raise ValueError("--duckdb must be a local file; the Parquet tables work on gs:// and s3://")
 
 
 def load_tables(duckdb_path: str | None, table_dir: str, names: list[str]) -> None:
