@@ -6,7 +6,13 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit
 
-from medbeam.dicom.identity import InstanceIdentityError, RenderSource, instance_key, is_lossy, png_paths
+from medbeam.dicom.identity import (
+    InstanceIdentityError,
+    RenderSource,
+    instance_key,
+    is_lossy,
+    png_paths,
+)
 
 
 def _ds(**values) -> Dataset:

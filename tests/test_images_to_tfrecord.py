@@ -20,19 +20,21 @@ from medbeam.cli_tfrecord import app
 from medbeam.imaging.codec import decode_image, sniff_format
 from medbeam.io import tables
 from medbeam.io import tfrecord as tfr
-from medbeam.pipelines import images_to_tfrecord as images
-from medbeam.pipelines.images_to_tfrecord import (
-    ImagesToTfrecordConfig,
+from medbeam.io.examples import rejects_location
+from medbeam.io.labels import (
     LabelColumn,
     LabelSchemaError,
-    LabelSource,
     label_columns_from_arrow,
     label_columns_from_bigquery,
     label_feature_values,
+)
+from medbeam.pipelines import images_to_tfrecord as images
+from medbeam.pipelines.images_to_tfrecord import (
+    ImagesToTfrecordConfig,
+    LabelSource,
     resolve_labels,
     run,
 )
-from medbeam.pipelines.png_to_tfrecord import rejects_location
 from tests.emulators import BucketEmulator, filesystem_options
 
 pytest_plugins = ["tests.emulators"]

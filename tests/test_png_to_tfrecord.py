@@ -16,14 +16,13 @@ from medbeam.cli_tfrecord import app
 from medbeam.imaging.codec import decode_image
 from medbeam.io import tables
 from medbeam.io import tfrecord as tfr
-from medbeam.pipelines.png_to_tfrecord import (
+from medbeam.io.examples import (
     LayoutError,
-    PngToTfrecordConfig,
     dicom_png_example,
     parse_png_path,
     rejects_location,
-    run,
 )
+from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig, run
 from tests.emulators import BucketEmulator, filesystem_options
 
 pytest_plugins = ["tests.emulators"]

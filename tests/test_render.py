@@ -14,7 +14,12 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.pixels import apply_modality_lut, apply_voi, convert_color_space, get_decoder
+from pydicom.pixels import (
+    apply_modality_lut,
+    apply_voi,
+    convert_color_space,
+    get_decoder,
+)
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEGExtended12Bit,

@@ -206,7 +206,7 @@ def _query_errors() -> tuple[type[BaseException], ...]:
 
 def _echo_outputs(prefix: str, shards: int) -> None:
     from medbeam.io import tfrecord as tfr
-    from medbeam.pipelines.png_to_tfrecord import rejects_location
+    from medbeam.io.examples import rejects_location
 
     table_dir, table = rejects_location(prefix)
     typer.echo(f"TFRecords: {tfr.shard_glob(prefix)} ({shards} shards); spec: {tfr.description_path(prefix)}")

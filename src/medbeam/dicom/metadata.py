@@ -28,8 +28,13 @@ from typing import Any
 
 import pyarrow as pa
 import pydicom
+from pydicom.datadict import (
+    dictionary_VM,
+    dictionary_VR,
+    keyword_for_tag,
+    tag_for_keyword,
+)
 from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag

@@ -28,11 +28,23 @@ import numpy as np
 from pydicom import uid as dicom_uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, as_pixel_options, get_decoder
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    as_pixel_options,
+    get_decoder,
+)
 
 from medbeam.dicom import codecs
 from medbeam.imaging.encode import encode_png
-from medbeam.imaging.resize import ResizePlan, check_resize_mode, crop_and_resize, pad_image, plan_resize
+from medbeam.imaging.resize import (
+    ResizePlan,
+    check_resize_mode,
+    crop_and_resize,
+    pad_image,
+    plan_resize,
+)
 
 __all__ = [
     "RenderError",

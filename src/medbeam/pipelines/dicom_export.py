@@ -16,7 +16,6 @@ Transforms are kept few: each costs the DirectRunner ~20 ms per run, which small
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,17 +23,10 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
-from medbeam.pipelines.common import (
-    counters_from,
-    is_local_runner,
-    local_beam_args,
-    runs_in_one_local_worker,
-)
+from medbeam.pipelines import runner
 from medbeam.transforms.dicom import (
     EXAMPLES,
     IMAGES,
@@ -52,19 +44,13 @@ from medbeam.transforms.dicom import (
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
 from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
-from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
+from medbeam.transforms.progress import ProgressTicker
 
 METADATA_TABLE = "dicom_metadata"
 #: Local runs use every core (DirectRunner multi_processing) when the work is estimated at this many
 #: seconds on one core: worker processes cost ~5 s a run (importing Beam, shutting down), so smaller runs are
 #: faster on one. The estimate is measured per-file and per-byte costs of this job on one core.
-AUTO_PARALLEL_MIN_SECONDS = 10.0
-_SECONDS_PER_FILE = 0.006
-_SECONDS_PER_BYTE = 2.0e-9
-
-
-def estimated_serial_seconds(file_count: int, total_bytes: int) -> float:
-    return file_count * _SECONDS_PER_FILE + total_bytes * _SECONDS_PER_BYTE
+COST = runner.CostModel(seconds_per_file=0.006, seconds_per_byte=2.0e-9)
 
 
 @dataclass
@@ -182,7 +168,7 @@ def build(
             | "QIDO-RS" >> beam.ParDo(EnumerateStoreFn(config.dicomweb, config.studies))
         )
         opener, inline_renderer = DicomwebOpener(config.dicomweb), renderer
-    if not runs_in_one_local_worker(p.options):
+    if not runner.runs_in_one_local_worker(p.options):
         instances = instances | "Spread instances" >> beam.Reshuffle()
     parsed = (
         instances
@@ -230,7 +216,7 @@ def build(
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:
     """The same records `medbeam tfrecord from-dicom-png` writes, straight from DICOM, plus features.json."""
     from medbeam.io import tfrecord
-    from medbeam.pipelines.png_to_tfrecord import dicom_png_feature_specs
+    from medbeam.io.examples import dicom_png_feature_specs
 
     shards = examples | "Write TFRecords" >> tfrecord.WriteExamples(
         config.tfrecord_prefix, config.tfrecord_num_shards
@@ -265,39 +251,24 @@ def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
         yield match.path, match.size_in_bytes
 
 
-def _counts_from(result: beam.runners.runner.PipelineResult) -> ExportCounts:
-    values = counters_from(result, NAMESPACE)
-    return ExportCounts(**{name: values.get(name, 0) for name in ExportCounts.__dataclass_fields__})
-
-
 def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCounts:
     """Run the export to completion, load DuckDB if asked, and return the reconciled counts."""
-    beam_args = list(beam_args or [])
-    options = PipelineOptions(beam_args)
-    FileSystems.set_options(options)
+    options = runner.pipeline_options(beam_args)
     files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
     config.check_output_locations()
-    local = is_local_runner(options)
-    total = None
-    if local:
+    matches: set[tuple[str, int]] = set()
+    if runner.is_local_runner(options):  # the listing is for the local choice and the progress total only
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.normalize_input_pattern(i))}
-        total = len(matches) if config.inputs else None
-        work = estimated_serial_seconds(len(matches), sum(size for _, size in matches))
-        options = PipelineOptions(local_beam_args(beam_args, work >= AUTO_PARALLEL_MIN_SECONDS))
-    with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
-        two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
-        stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
-        with ProgressMonitor(progress_dir, stages, enabled=config.progress and local) as monitor:
-            pipeline = beam.Pipeline(options=options)
-            build(
-                pipeline,
-                config,
-                parse_ticker=monitor.ticker(next(iter(stages))),
-                render_ticker=monitor.ticker("rendered") if two_passes else None,
-            )
-            result = pipeline.run()
-            result.wait_until_finish()
-    counts = _counts_from(result)
-    if config.duckdb_path is not None:
-        tables.load_into_duckdb(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])
+    total = len(matches) if config.inputs and matches else None
+    two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
+    stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
+    first = next(iter(stages))
+
+    def build_with(p: beam.Pipeline, tickers: dict) -> None:
+        build(p, config, parse_ticker=tickers[first], render_ticker=tickers.get("rendered"))
+
+    plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
+    result = runner.run_job(build_with, beam_args, plan, progress=stages, show_progress=config.progress)
+    counts = runner.counts_of(ExportCounts, runner.counters(result, NAMESPACE))
+    runner.load_tables(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])
     return counts

@@ -50,8 +50,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 
 from medbeam.dicom.identity import is_lossy
 from medbeam.dicom.reader import NotDicomError, has_dicm_prefix, read_dataset
-from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.io import dicomweb, files, tables
+from medbeam.pipelines.common import counters_from, is_local_runner, local_beam_args
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE, reject
 from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
 

@@ -102,7 +102,7 @@ class Renderer:
     def _examples(self, key: tuple[str, str, str], pngs: list[bytes]) -> list[tuple[str, bytes]]:
         if not self.examples:
             return []
-        from medbeam.pipelines.png_to_tfrecord import dicom_png_example
+        from medbeam.io.examples import dicom_png_example
 
         return [
             (relative.lstrip("/"), dicom_png_example(*key, data, frame=frame))
