@@ -19,8 +19,12 @@ import typer
 from typer.testing import CliRunner
 
 from medbeam.cli_dicomweb import register
+from medbeam.dicom import part10 as p10
 from medbeam.io import dicomweb as dw
+from medbeam.io import stow
 from medbeam.pipelines import dicom_import as di
+from medbeam.transforms import dicom_import as import_fns
+from medbeam.transforms.progress import ProgressTicker
 
 pytest.register_assert_rewrite("tests.orthanc")
 from tests.orthanc import CannedServer, FlakyProxy
@@ -119,9 +123,9 @@ def _all_text(out: Path, duckdb_file: bool = True) -> str:
     return "\n".join(str(value) for row in rows for value in row)
 
 
-def _inspect(path: Path) -> di.FileRef:
+def _inspect(path: Path) -> p10.FileRef:
     with open(path, "rb") as fp:
-        return di.inspect_file(fp, str(path), path.stat().st_size)
+        return p10.inspect_file(fp, str(path), path.stat().st_size)
 
 
 def _assert_reconciles(counts: di.ImportCounts) -> None:
@@ -144,28 +148,28 @@ def imported(corpus, orthanc, tmp_path_factory):
 
 
 def test_plan_batches_bounds_count_and_bytes():
-    refs = [di.FileRef(f"/f{i}", size, "1", "2", f"3.{i}", True, False) for i, size in enumerate([5, 5, 5, 20, 5, 5])]
-    batches = list(di.plan_batches(refs, max_instances=2, max_bytes=12))
+    refs = [p10.FileRef(f"/f{i}", size, "1", "2", f"3.{i}", True, False) for i, size in enumerate([5, 5, 5, 20, 5, 5])]
+    batches = list(stow.plan_batches(refs, max_instances=2, max_bytes=12))
     assert [[r.path for r in b] for b in batches] == [["/f0", "/f1"], ["/f2"], ["/f3"], ["/f4", "/f5"]]
-    assert [len(b) for b in di.plan_batches(refs, 10, 10**9)] == [6]
-    assert di.batch_groups(0, 50) == 1 and di.batch_groups(1001, 50) == 6
+    assert [len(b) for b in stow.plan_batches(refs, 10, 10**9)] == [6]
+    assert stow.batch_groups(0, 50) == 1 and stow.batch_groups(1001, 50) == 6
 
 
 def test_choose_copy_prefers_lossless_then_part10_then_path():
     def ref(path, part10=True, lossy=False):
-        return di.FileRef(path, 1, "1", "2", "3", part10, lossy)
+        return p10.FileRef(path, 1, "1", "2", "3", part10, lossy)
 
-    chosen, others = di.choose_copy([ref("/a", lossy=True), ref("/c"), ref("/b", part10=False)])
+    chosen, others = p10.choose_copy([ref("/a", lossy=True), ref("/c"), ref("/b", part10=False)])
     assert chosen.path == "/c" and {o.path for o in others} == {"/a", "/b"}
 
 
 def test_inspect_rejects_truncated_and_wraps_bare_datasets(corpus):
-    with pytest.raises(di.IncompleteFileError, match="truncated"):
+    with pytest.raises(p10.IncompleteFileError, match="truncated"):
         _inspect(corpus / "truncated.dcm")
     bare = corpus / "pydicom" / "deeper" / "bare_dataset"
     ref = _inspect(bare)
     assert not ref.part10
-    wrapped = di.part10_bytes(bare.read_bytes())
+    wrapped = p10.part10_bytes(bare.read_bytes())
     assert wrapped[128:132] == b"DICM"
     ds = pydicom.dcmread(io.BytesIO(wrapped))
     assert ds.SOPInstanceUID == ref.sop
@@ -187,9 +191,9 @@ def test_send_batch_reads_duplicate_and_failure_reasons(corpus):
     }
     with CannedServer(status=409, body=json.dumps(answer).encode()) as server:
         client = dw.DicomwebSettings.from_options(server.url, retry=FAST).make_client()
-        report = di.send_batch(client, refs, check_existing=False)
+        report = stow.send_batch(client, refs, check_existing=False)
     present, refused = report.outcomes
-    assert present.outcome == di.ALREADY_PRESENT and "0xB00E" in present.detail
+    assert present.outcome == stow.ALREADY_PRESENT and "0xB00E" in present.detail
     assert refused.rejected and refused.stage == "store" and not refused.server_failure
     assert (
         refused.reject_row()["message"]
@@ -205,7 +209,7 @@ def test_send_batch_halves_a_batch_the_server_refuses_as_a_whole(corpus):
         status=400, body=b'{"Message": "bad request"}', headers={"Content-Type": "application/json"}
     ) as server:
         client = dw.DicomwebSettings.from_options(server.url, retry=FAST).make_client()
-        report = di.send_batch(client, refs, check_existing=False)
+        report = stow.send_batch(client, refs, check_existing=False)
     assert report.stow_requests == 1 + 2 + 4  # 4 → 2 + 2 → 1 + 1 + 1 + 1
     assert all(o.rejected and o.error_type == "HTTP 400" and "bad request" in o.detail for o in report.outcomes)
 
@@ -213,29 +217,29 @@ def test_send_batch_halves_a_batch_the_server_refuses_as_a_whole(corpus):
 def test_a_worker_stops_retrying_a_server_that_stays_down(monkeypatch):
     """After BREAKER_AFTER batches in a row failed because of the server, batches get one try each,
     until one gets through."""
-    fn = di.StowBatchFn(
-        dw.DicomwebSettings.from_options("http://127.0.0.1:9/dw", retry=FAST), True, di.ProgressTicker(None)
+    fn = import_fns.StowBatchFn(
+        dw.DicomwebSettings.from_options("http://127.0.0.1:9/dw", retry=FAST), True, ProgressTicker(None)
     )
     fn.setup()
     used, down = [], [True]
-    ref = di.FileRef("/x", 1, "1", "2", "3", True, False, ("/copy",))
+    ref = p10.FileRef("/x", 1, "1", "2", "3", True, False, ("/copy",))
 
     def fake_send(client, batch, check_existing):
         used.append("fail-fast" if client is fn._fail_fast_client else "retrying")
         if down[0]:
             error = dw.DicomwebError(None, "ConnectionError: Connection refused")
-            return di.BatchReport([di._rejected(r, "store", error) for r in batch])
-        return di.BatchReport([di.Outcome(r, di.STORED) for r in batch])
+            return stow.BatchReport([stow._rejected(r, "store", error) for r in batch])
+        return stow.BatchReport([stow.Outcome(r, stow.STORED) for r in batch])
 
-    monkeypatch.setattr(di, "send_batch", fake_send)
-    outputs = [list(fn.process([ref])) for _ in range(di.BREAKER_AFTER + 2)]
+    monkeypatch.setattr(import_fns, "send_batch", fake_send)  # StowBatchFn calls it from there
+    outputs = [list(fn.process([ref])) for _ in range(import_fns.BREAKER_AFTER + 2)]
     down[0] = False
     outputs += [list(fn.process([ref])) for _ in range(2)]
-    assert used == ["retrying"] * di.BREAKER_AFTER + ["fail-fast"] * 3 + ["retrying"]
+    assert used == ["retrying"] * import_fns.BREAKER_AFTER + ["fail-fast"] * 3 + ["retrying"]
     first = outputs[0]  # the file and its copy, both rejected
-    assert [o.tag for o in first] == [di.REJECTS, di.REJECTS]
+    assert [o.tag for o in first] == [import_fns.REJECTS, import_fns.REJECTS]
     assert first[1].value["uri"] == "/copy" and first[1].value["message"].startswith("a copy of /x, which was not sent")
-    assert [row["outcome"] for row in outputs[-1]] == [di.STORED, di.DUPLICATE_IN_INPUT]
+    assert [row["outcome"] for row in outputs[-1]] == [stow.STORED, stow.DUPLICATE_IN_INPUT]
     fn.teardown()
 
 
@@ -270,8 +274,8 @@ def test_tables_say_what_happened_to_every_file(imported, corpus):
     rows = _query(out / "first", "SELECT uri, outcome, detail FROM dicom_import")
     rejects = {Path(u).name: (stage, etype) for u, stage, etype, _ in _query(out / "first", "SELECT * FROM rejects")}
     assert len(rows) + len(rejects) == FILES_IN
-    assert sorted(o for _, o, _ in rows).count(di.STORED) == INSTANCES
-    duplicate = [(Path(u).name, d) for u, o, d in rows if o == di.DUPLICATE_IN_INPUT]
+    assert sorted(o for _, o, _ in rows).count(stow.STORED) == INSTANCES
+    duplicate = [(Path(u).name, d) for u, o, d in rows if o == stow.DUPLICATE_IN_INPUT]
     assert duplicate == [
         ("MR_small_RLE", f"same SOP instance as {corpus / 'pydicom' / 'MR_small.dcm'}, which is the copy sent")
     ]
@@ -281,7 +285,7 @@ def test_tables_say_what_happened_to_every_file(imported, corpus):
         "truncated.dcm": ("parse", "IncompleteFileError"),
     }
     again = _query(out / "second", "SELECT outcome, count(*) FROM dicom_import GROUP BY 1 ORDER BY 1")
-    assert again == [(di.ALREADY_PRESENT, INSTANCES), (di.DUPLICATE_IN_INPUT, COPIES)]
+    assert again == [(stow.ALREADY_PRESENT, INSTANCES), (stow.DUPLICATE_IN_INPUT, COPIES)]
 
 
 def test_enumerate_and_retrieve_give_back_every_instance(imported, orthanc, corpus):
