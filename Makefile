@@ -18,11 +18,11 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_dicom_export.py
+	$(PY) -m benchmarks.bench_dicom_export
 
 bench-dicomweb: $(STAMP)
 	scripts/ensure-orthanc.sh
-	$(PY) benchmarks/bench_dicomweb.py
+	$(PY) -m benchmarks.bench_dicomweb
 
 clean:
 	rm -rf demo-out bench-out

@@ -1,10 +1,11 @@
-#!/usr/bin/env python
 """Benchmark: `medbeam dicom import` (STOW-RS) and the enumerate + retrieve path (QIDO-RS + WADO-RS)
 against a private, loopback-only Orthanc on this machine.
 
 Run by hand (it is not a test); needs Orthanc (scripts/ensure-orthanc.sh) and gcc:
 
-    .venv/bin/python benchmarks/bench_dicomweb.py [--instances 400] [--out bench-out]
+    .venv/bin/python -m benchmarks.bench_dicomweb [--instances 400] [--out bench-out]
+
+from the repository root (``make bench-dicomweb``), so that ``tests.orthanc`` imports.
 
 1. Generates a deterministic corpus under ``OUT/dicomweb-corpus-v1`` once (kept between runs): CT-like
    slices 512×512 int16 (≈ 0.5 MB each, Explicit VR Little Endian), 100 per series, one series per study.
@@ -39,13 +40,12 @@ import requests
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 from medbeam.io import dicomweb as dw
 from medbeam.pipelines import dicom_export as de
 from medbeam.pipelines import dicom_import as di
 from tests.orthanc import OrthancServer, build_loopback_shim, missing_prerequisite
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CORPUS_VERSION = "v1"
 SEED = 20261122

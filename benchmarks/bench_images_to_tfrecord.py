@@ -3,7 +3,7 @@
 
 Run by hand (it is not a test):
 
-    .venv/bin/python benchmarks/bench_images_to_tfrecord.py [--images N] [--repeat R] [--out DIR]
+    .venv/bin/python -m benchmarks.bench_images_to_tfrecord [--images N] [--repeat R] [--out DIR]
 
 Workload: N synthetic colour JPGs of 1024×1024 (seeded, photo-like: smooth gradients plus blurred noise,
 quality 95, ~150-250 kB each) with a labels CSV (path, int, float, text) → 299×299 JPG (quality 95)

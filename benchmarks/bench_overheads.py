@@ -1,9 +1,9 @@
-#!/usr/bin/env python
 """Benchmark: where medbeam's export spends time beyond the image work (run by hand, not a test).
 
-    .venv/bin/python benchmarks/bench_overheads.py [--n 30]
+    .venv/bin/python -m benchmarks.bench_overheads [--n 30]
 
-Prints, on one pinned core and on the X-ray corpus of bench_dicom_export.py (generated if missing):
+Prints, on one pinned core and on the export benchmark's X-ray corpus (benchmarks/corpus.py; generated if
+missing):
 
 1. Minor page faults and ms per image for the plain read + render loop and for `run()`'s marginal cost
    ((T(n) − T(1)) / (n − 1)), with medbeam's malloc tuning on and off (MEDBEAM_TUNE_MALLOC=0). Each
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_dicom_export import warm_cache  # this script's folder is on sys.path when run
+from benchmarks.corpus import CORPUS_VERSION, ensure_corpus, warm_cache
 
 
 def _faults() -> int:
@@ -160,15 +160,13 @@ def main() -> int:
         print(json.dumps(child([Path(p) for p in json.loads(args._child)])))
         return 0
 
-    import bench_dicom_export as corpus
-
-    files = corpus.ensure_corpus(args.out.resolve() / f"corpus-{corpus.CORPUS_VERSION}", args.n + 1, 8)["raw"]
+    files = ensure_corpus(args.out.resolve() / f"corpus-{CORPUS_VERSION}", args.n + 1, 8)["raw"]
     files = [str(f) for f in files[: args.n]]
     print(f"{args.n} uncompressed 2500×2048 X-rays → 299 PNG, one pinned core\n")
     print(f"{'malloc tuning':<14} {'plain ms/img':>12} {'faults/img':>10} │ {'run() marginal ms/img':>21} {'faults/img':>10} │ {'run() on 1 file':>15}")
     for label, env in (("on (default)", {}), ("off", {"MEDBEAM_TUNE_MALLOC": "0"})):
         out = subprocess.run(
-            [sys.executable, __file__, "--_child", json.dumps(files)],
+            [sys.executable, "-m", __spec__.name, "--_child", json.dumps(files)],  # as this module was started
             env={**os.environ, **env},
             check=True,
             capture_output=True,
