@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email
 import io
 import json
 import logging
@@ -273,18 +274,59 @@ def test_stow_answer_with_duplicates_and_failures_is_read_per_instance():
     method, path, headers, body = server.requests[0]
     assert (method, path) == ("POST", "/dicom-web/studies")
     assert headers["content-type"].startswith('multipart/related; type="application/dicom"; boundary=')
-    assert dw.decode_multipart(headers["content-type"], body) == [b"x", b"y", b"z"]
+    message = email.message_from_bytes(b"Content-Type: " + headers["content-type"].encode() + b"\r\n\r\n" + body)
+    assert [part.get_payload(decode=True) for part in message.get_payload()] == [b"x", b"y", b"z"]
 
 
-def test_multipart_round_trip_with_and_without_content_length():
-    blobs = [b"\r\n--not-a-boundary\r\n", b"", bytes(range(256)) * 10]
-    body, content_type = dw.encode_multipart(blobs)
-    assert dw.decode_multipart(content_type, body) == blobs
-    with_lengths = (
-        b"".join(
-            b"--B\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n%s\r\n" % (len(b), b) for b in blobs
-        )
-        + b"--B--\r\n"
+def test_retrieve_reads_multipart_with_content_lengths_and_single_part_answers():
+    data = (TEST_FILES / "CT_small.dcm").read_bytes()
+    with_length = (
+        b"--B\r\nContent-Type: application/dicom\r\nContent-Length: %d\r\n\r\n%s\r\n--B--\r\n" % (len(data), data)
     )
-    assert dw.decode_multipart('multipart/related; type="application/dicom"; boundary="B"', with_lengths) == blobs
-    assert dw.decode_multipart("application/dicom", b"raw") == [b"raw"]
+    answers = [
+        (with_length, 'multipart/related; type="application/dicom"; boundary="B"'),
+        (data, "application/dicom"),
+    ]
+    for body, content_type in answers:
+        with CannedServer(body=body, headers={"Content-Type": content_type}) as server:
+            client = _settings(server.url).make_client()
+            assert dw.retrieve_instance_bytes(client, *_uids("CT_small.dcm")) == data
+        assert server.requests[0][2]["accept-encoding"] == "identity"
+    with CannedServer(body=b"<html>not DICOM</html>", headers={"Content-Type": "text/html"}) as server:
+        with pytest.raises(dw.DicomwebError, match="not a DICOM file"):
+            dw.retrieve_instance_bytes(_settings(server.url).make_client(), "1.2", "3.4", "5.6")
+
+
+# ---------------------------------------------------------------------------------------------------
+# A store that is not there: one clear line, the same from check_connection and enumerate_instances
+
+
+def _one_line_errors(client) -> tuple[dw.DicomwebError, dw.DicomwebError, dw.DicomwebError]:
+    errors = []
+    for call in (
+        lambda: dw.check_connection(client),
+        lambda: list(dw.enumerate_instances(client)),
+        lambda: list(dw.enumerate_instances(client, studies=["1.2.3"])),
+    ):
+        with pytest.raises(dw.DicomwebError) as info:
+            call()
+        errors.append(info.value)
+    texts = {str(e) for e in errors}
+    assert len(texts) == 1, texts  # the message `dicom import` prints, word for word
+    text = texts.pop()
+    assert "\n" not in text and "Traceback" not in text and len(text) < 300
+    return tuple(errors)
+
+
+def test_wrong_base_path_is_an_error_not_an_empty_store(orthanc, stored_samples):
+    client = _settings(orthanc.url + "/no-such-root").make_client()
+    error, *_ = _one_line_errors(client)
+    assert error.status == 404 and not error.unreachable
+    assert str(error).startswith("HTTP 404 (GET /no-such-root/studies)")
+
+
+def test_nothing_listening_is_an_error(closed_port):
+    client = _settings(f"http://127.0.0.1:{closed_port}/dicom-web", retry=dw.RetryPolicy(attempts=1)).make_client()
+    error, *_ = _one_line_errors(client)
+    assert error.status is None and error.unreachable
+    assert str(error) == "no answer from the server (GET /dicom-web/studies): ConnectionError: Connection refused"

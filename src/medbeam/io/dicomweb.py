@@ -1,52 +1,47 @@
-"""DICOMweb client side, without Beam: store URLs, credentials, retries, STOW-RS, QIDO-RS and WADO-RS.
+"""DICOMweb client side, without Beam, on dicomweb-client: store URLs, credentials, retries, STOW/QIDO/WADO-RS.
 
-Everything a worker needs travels as a picklable :class:`DicomwebSettings` (the URL, the auth mode, the
-*names* of the environment variables or files that hold secrets, timeouts, the retry policy). Each worker
-calls :meth:`DicomwebSettings.make_client` once, in ``DoFn.setup()``, and gets a dicomweb-client
-``DICOMwebClient`` whose ``requests`` session
+A picklable, secret-free :class:`DicomwebSettings` (URL, auth mode, the *names* of the environment
+variables or files holding secrets, timeouts, retry policy) travels to the workers; each calls
+:meth:`DicomwebSettings.make_client` once, in ``DoFn.setup()``, and gets a ``DICOMwebClient`` whose
+session authenticates (basic auth or a bearer token read at request time, so rotated token files are
+picked up, or Google application-default credentials via ``dicomweb_client.ext.gcp``) and retries
+408/429/5xx answers and connection errors with bounded exponential backoff (urllib3's Retry; the
+library's own retry loop is off so that the two do not multiply), for every request.
 
-- authenticates with HTTP basic auth or a bearer token read from the environment or a file at request
-  time (so rotated token files are picked up), or with Google application-default credentials;
-- retries 408/429/5xx answers and connection errors with exponential backoff, a bounded number of times,
-  for every request (STOW, QIDO, WADO), honouring ``Retry-After``.
-
-Secrets never live in a settings object, a client's or an auth object's repr, a log line, an exception
-message or a reject: objects hold only where a secret comes from, and every error message from a server
-goes through :meth:`DicomwebClient.redact` before it is raised.
-
-The module-level functions take any ``DICOMwebClient`` (those made here are best: they carry the retries):
-
-- :func:`enumerate_instances` walks QIDO-RS studies → series → instances, page by page;
-- :func:`retrieve_instance_bytes` fetches one instance's Part 10 bytes as stored (no transcoding);
-- :func:`store_instances_bytes` posts several Part 10 files in one STOW-RS request and parses the answer;
-- :func:`find_existing_instances` asks which SOP Instance UIDs the store already holds.
+Secrets never show in a settings object, a repr, a log line, an exception or a reject: every server
+message goes through :meth:`DicomwebClient.redact` before it is raised as a :class:`DicomwebError`.
+QIDO-RS (:func:`enumerate_instances`, :func:`find_existing_instances`, :func:`check_connection`) is
+the library's ``search_for_*``; WADO-RS and STOW-RS of Part 10 bytes (:func:`retrieve_instance_bytes`,
+:func:`store_instances_bytes`) send their own request, because the library's would change the bytes,
+through the same session and with the library's multipart codec.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import random
 import re
+import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import takewhile
 from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit
 
 import requests
-from dicomweb_client.api import DICOMwebClient
+from dicomweb_client import DICOMwebClient, session_utils
+from dicomweb_client.ext.gcp import GoogleCloudHealthcareURL
 from requests.adapters import HTTPAdapter
-from requests.auth import AuthBase
+from requests.auth import AuthBase, HTTPBasicAuth
 from urllib3.util.retry import Retry
 
 from medbeam.dicom.reader import has_dicm_prefix, looks_like_bare_dataset
 
-logger = logging.getLogger(__name__)
-
-GOOGLE_HEALTHCARE_API = "https://healthcare.googleapis.com/v1"
+#: What dicomweb_client.ext.gcp asks application-default credentials for.
 GOOGLE_SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
 #: QIDO-RS page size: small enough for every server's cap on `limit` we know of, large enough to be cheap.
 DEFAULT_PAGE_SIZE = 1000
@@ -55,13 +50,9 @@ UIDS_PER_QUERY = 50
 
 AUTH_NONE, AUTH_BASIC, AUTH_BEARER, AUTH_GOOGLE = "none", "basic", "bearer", "google"
 AUTH_MODES = (AUTH_NONE, AUTH_BASIC, AUTH_BEARER, AUTH_GOOGLE)
-
-_SHORTHAND = re.compile(
-    r"^/?(projects/[^/\s?#]+/locations/[^/\s?#]+/datasets/[^/\s?#]+/dicomStores/[^/\s?#]+?)(?:/dicomWeb)?/?$"
-)
 _GOOGLE_HOST = "healthcare.googleapis.com"
 
-# DICOM JSON tags of the STOW-RS response (PS3.18 Table 10.5.3-1).
+# DICOM JSON tags of the STOW-RS response (PS3.18 Table 10.5.3-1) and of QIDO-RS rows.
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _REFERENCED_SOP_INSTANCE_UID = "00081155"
@@ -100,14 +91,15 @@ def expand_dicomweb_url(value: str) -> tuple[str, bool]:
     """(DICOMweb base URL, whether Google auth is implied) for a URL or a Cloud Healthcare store name.
 
     ``projects/P/locations/L/datasets/D/dicomStores/S`` becomes
-    ``https://healthcare.googleapis.com/v1/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb``; any
-    URL on healthcare.googleapis.com implies Google auth too. URLs carrying credentials or a query string
-    are refused (without echoing them): secrets belong in environment variables or files.
+    ``https://healthcare.googleapis.com/v1/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb``
+    (dicomweb-client's GoogleCloudHealthcareURL); any URL on healthcare.googleapis.com implies Google auth
+    too. URLs carrying credentials or a query string are refused (without echoing them): secrets belong in
+    environment variables or files.
     """
     text = value.strip()
-    match = _SHORTHAND.match(text)
-    if match:
-        return f"{GOOGLE_HEALTHCARE_API}/{match.group(1)}/dicomWeb", True
+    names = text.strip("/").removesuffix("/dicomWeb").split("/")
+    if names[0] == "projects" and len(names) == 8 and names[::2] == ["projects", "locations", "datasets", "dicomStores"]:
+        return str(GoogleCloudHealthcareURL(*names[1::2])), True
     parts = urlsplit(text)
     if "@" in parts.netloc:
         raise ValueError(
@@ -159,18 +151,13 @@ class RetryPolicy:
 
 
 class _Backoff(Retry):
-    """urllib3's Retry, but the first retry waits too (urllib3 retries the first time at once)."""
+    """urllib3's Retry, but the first retry waits too (urllib3 retries the first time at once), ±10 % jitter."""
 
     def get_backoff_time(self) -> float:
-        errors = 0
-        for entry in reversed(self.history):
-            if entry.redirect_location is not None:
-                break
-            errors += 1
+        errors = len(list(takewhile(lambda entry: entry.redirect_location is None, reversed(self.history))))
         if errors == 0:
             return 0.0
-        wait = self.backoff_factor * (2 ** (errors - 1))
-        wait += random.random() * 0.1 * wait
+        wait = self.backoff_factor * (2 ** (errors - 1)) * (1 + 0.1 * random.random())
         return float(max(0.0, min(self.backoff_max, wait)))
 
 
@@ -225,33 +212,23 @@ class _Secret:
         return f"<{self.what} from {where}>"
 
 
-class _BasicAuth(AuthBase):
-    """HTTP basic auth whose password is read from its source on every request."""
+class _Auth(AuthBase):
+    """HTTP basic auth (with a user) or a bearer token, the secret read from its source on every request
+    (a rotated token file is picked up); requests' own auth classes would keep the secret."""
 
-    def __init__(self, user: str, password: _Secret):
-        self.user, self.password = user, password
+    def __init__(self, secret: _Secret, user: str | None = None):
+        self.secret, self.user = secret, user
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        pair = f"{self.user}:{self.password.resolve()}".encode()
-        request.headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        if self.user is not None:
+            return HTTPBasicAuth(self.user, self.secret.resolve())(request)
+        request.headers["Authorization"] = f"Bearer {self.secret.resolve()}"
         return request
 
     def __repr__(self) -> str:
-        return f"<basic auth as {self.user!r}, password {self.password!r}>"
-
-
-class _BearerAuth(AuthBase):
-    """A bearer token read from its source on every request (a rotated token file is picked up)."""
-
-    def __init__(self, token: _Secret):
-        self.token = token
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.token.resolve()}"
-        return request
-
-    def __repr__(self) -> str:
-        return f"<bearer token {self.token!r}>"
+        if self.user is not None:
+            return f"<basic auth as {self.user!r}, password {self.secret!r}>"
+        return f"<bearer token {self.secret!r}>"
 
 
 @dataclass(frozen=True)
@@ -356,65 +333,62 @@ class DicomwebSettings:
 
     def make_client(self) -> DicomwebClient:
         """A DICOMwebClient with an authenticated, retrying requests session. Call once per worker."""
+        secrets = self._secrets()
         if self.auth == AUTH_GOOGLE:
             session = _google_session()
+        elif secrets:
+            session = session_utils.create_session_from_auth(_Auth(secrets[0], self.user))
         else:
-            session = requests.Session()
-        session.mount("http://", HTTPAdapter(max_retries=_retry(self.retry), pool_maxsize=16))
-        session.mount("https://", HTTPAdapter(max_retries=_retry(self.retry), pool_maxsize=16))
+            session = session_utils.create_session()
+        for prefix in ("http://", "https://"):
+            session.mount(prefix, HTTPAdapter(max_retries=_retry(self.retry), pool_maxsize=16))
         if self.ca_bundle:
-            session.verify = self.ca_bundle
-        secrets = self._secrets()
-        if self.auth == AUTH_BASIC:
-            session.auth = _BasicAuth(self.user, secrets[0])
-        elif self.auth == AUTH_BEARER:
-            session.auth = _BearerAuth(secrets[0])
-        return DicomwebClient(
-            self.url,
-            session=session,
-            timeout=(self.connect_timeout_s, self.read_timeout_s),
-            secrets=secrets,
-            user=self.user,
-        )
+            try:
+                session_utils.add_certs_to_session(session, ca_bundle=self.ca_bundle)
+            except OSError as exc:
+                raise DicomwebConfigError(str(exc)) from None
+        return DicomwebClient(self, session)
 
 
 def _google_session() -> requests.Session:
     try:
-        import google.auth
-        from google.auth.transport.requests import AuthorizedSession
+        from dicomweb_client.ext.gcp import session_utils as gcp
+        from google.auth.exceptions import DefaultCredentialsError
     except ImportError as exc:  # pragma: no cover - google-auth comes with apache-beam[gcp]
         raise DicomwebConfigError("Google auth needs the google-auth package: pip install 'medbeam[gcp]'") from exc
     try:
-        credentials, _ = google.auth.default(scopes=list(GOOGLE_SCOPES))
-    except google.auth.exceptions.DefaultCredentialsError as exc:
+        return gcp.create_session_from_gcp_credentials()  # application-default credentials, GOOGLE_SCOPES
+    except DefaultCredentialsError as exc:
         raise DicomwebConfigError(
             "no Google application-default credentials: run `gcloud auth application-default login` "
             "or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
         ) from exc
-    return AuthorizedSession(credentials)
 
 
 class DicomwebClient(DICOMwebClient):
     """dicomweb-client's DICOMwebClient, made by DicomwebSettings.make_client().
 
-    Retries are done once, by the session's transport (for every request, its own included): the
-    library's own retry loop is switched off so that the two do not multiply.
+    Retries are done once, by the session's transport (for every request): the library's own retry loop
+    is switched off so that the two do not multiply. Non-conformant UIDs (found in real stores) are
+    accepted. Each answer's Warning header is noted, so that QIDO-RS paging sees truncated pages.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        session: requests.Session,
-        timeout: tuple[float, float],
-        secrets: Sequence[_Secret] = (),
-        user: str | None = None,
-    ):
-        super().__init__(url, session=session, timeout=timeout)
+    def __init__(self, settings: DicomwebSettings, session: requests.Session):
+        self._last = threading.local()
+        timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        super().__init__(settings.url, session=session, timeout=timeout, permissive_uid=True, callback=self._note_answer)
         self.set_http_retry_params(retry=False)
-        self.timeout = timeout
-        self._secrets = tuple(secrets)
-        self._user = user
+        self._secrets, self._user = settings._secrets(), settings.user
+
+    def _note_answer(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+        # PS3.18 8.3.4.4: a server that returns fewer matches than exist says so in a Warning header.
+        self._last.truncated = "Warning" in response.headers
+        return response
+
+    @property
+    def last_answer_truncated(self) -> bool:
+        """Whether this thread's last answer had a Warning header (a QIDO-RS page the server cut short)."""
+        return getattr(self._last, "truncated", False)
 
     @property
     def session(self) -> requests.Session:
@@ -427,11 +401,9 @@ class DicomwebClient(DICOMwebClient):
                 value = secret.resolve()
             except DicomwebConfigError:
                 continue
-            forms = [value]
+            text = text.replace(value, "***")
             if self._user is not None:
-                forms.append(base64.b64encode(f"{self._user}:{value}".encode()).decode("ascii"))
-            for form in forms:
-                text = text.replace(form, "***")
+                text = text.replace(base64.b64encode(f"{self._user}:{value}".encode()).decode("ascii"), "***")
         return text
 
     def __repr__(self) -> str:
@@ -439,7 +411,7 @@ class DicomwebClient(DICOMwebClient):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Requests and errors
+# Errors
 
 
 class DicomwebError(Exception):
@@ -472,18 +444,6 @@ class DicomwebError(Exception):
                 "--password-env/--password-file, --token-env/--token-file, or --google-auth"
             )
         return f"HTTP {self.status}{where}: {self.reason}"
-
-
-def _session_of(client: DICOMwebClient) -> requests.Session:
-    return client._session
-
-
-def _timeout_of(client: DICOMwebClient) -> Any:
-    return getattr(client, "timeout", None) or getattr(client, "_timeout", 60)
-
-
-def _redact(client: DICOMwebClient, text: str) -> str:
-    return client.redact(text) if isinstance(client, DicomwebClient) else text
 
 
 def _short(text: str, limit: int = 300) -> str:
@@ -522,41 +482,45 @@ def _describe_exception(exc: requests.RequestException) -> str:
     return f"{kind}: {_short(text, 200)}"
 
 
-def _request(
-    client: DICOMwebClient,
-    method: str,
-    url: str,
-    *,
-    params: dict[str, Any] | None = None,
-    headers: dict[str, str] | None = None,
-    data: bytes | None = None,
-    ok: Iterable[int] = (),
-) -> requests.Response:
-    """One request through the client's session (its retries included); errors → DicomwebError.
+def _redact(client: DICOMwebClient, text: str) -> str:
+    return client.redact(text) if isinstance(client, DicomwebClient) else text
 
-    Statuses < 400 and those in `ok` come back; anything else raises, with the server's reason.
-    """
+
+@contextmanager
+def _errors(client: DICOMwebClient) -> Iterator[None]:
+    """requests' exceptions (raised by the library's transactions or by ours) → DicomwebError, redacted."""
     try:
-        response = _session_of(client).request(
-            method, url, params=params, headers=headers, data=data, timeout=_timeout_of(client)
-        )
-    except DicomwebConfigError:
-        raise
+        yield
+    except requests.HTTPError as exc:
+        answer = exc.response
+        reason = _redact(client, _answer_reason(answer))
+        raise DicomwebError(answer.status_code, reason, answer.request.method or "", answer.url) from None
+    except requests.JSONDecodeError:  # an answer < 400 that is not DICOM JSON
+        raise DicomwebError(200, "the QIDO-RS answer is not JSON: is this a DICOMweb URL?") from None
     except requests.RequestException as exc:
+        method, url = getattr(exc.request, "method", None) or "", getattr(exc.request, "url", None) or ""
         raise DicomwebError(None, _redact(client, _describe_exception(exc)), method, url) from None
-    if response.status_code >= 400 and response.status_code not in set(ok):
-        reason = _redact(client, _answer_reason(response))
-        raise DicomwebError(response.status_code, reason, method, url)
+
+
+def _send(client: DICOMwebClient, method: str, url: str, ok: Iterable[int] = (), **kwargs: Any) -> requests.Response:
+    """One hand-made request through the client's session (its auth and retries); statuses ≥ 400 not in
+    `ok` raise DicomwebError with the server's reason."""
+    with _errors(client):
+        response = client._session.request(method, url, timeout=client._timeout, **kwargs)
+        if response.status_code not in set(ok):
+            response.raise_for_status()
     return response
 
 
 def check_connection(client: DICOMwebClient) -> None:
-    """One small QIDO-RS request: raises DicomwebError if the store is unreachable or refuses the credentials."""
-    _request(client, "GET", f"{client.base_url}/studies", params={"limit": 1}, headers={"Accept": _JSON_ACCEPT})
+    """One small QIDO-RS request: raises DicomwebError if the store is unreachable, refuses the credentials
+    or is not there (a wrong base path answers 404)."""
+    with _errors(client):
+        client.search_for_studies(limit=1)
 
 
 # ---------------------------------------------------------------------------------------------------
-# QIDO-RS
+# QIDO-RS: the library's search_for_studies / search_for_series / search_for_instances
 
 
 class InstanceRef(NamedTuple):
@@ -570,33 +534,43 @@ def _first_value(row: dict[str, Any], tag: str) -> Any:
     return values[0]
 
 
-def _qido(client: DICOMwebClient, path: str, params: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-    """(rows, whether the server says more matched than it returned) for one QIDO-RS request; 404 → no rows."""
-    response = _request(
-        client, "GET", f"{client.base_url}/{path}", params=params, headers={"Accept": _JSON_ACCEPT}, ok=(404,)
-    )
-    if response.status_code == 404 or response.status_code == 204 or not response.content:
-        return [], False
+def _search(client: DICOMwebClient, search: Callable[..., list], missing_ok: bool = False, **query: Any) -> list:
+    """The rows of one QIDO-RS request (`search` is one of the client's search_for_* methods).
+
+    With `missing_ok`, a 404 (a study or series the store does not, or no longer, have) is no rows.
+    """
     try:
-        rows = response.json()
-    except ValueError:
-        raise DicomwebError(response.status_code, "QIDO-RS answer is not JSON", "GET", response.url) from None
-    if isinstance(rows, dict):
-        rows = [rows]
-    # PS3.18 8.3.4.4: a server that returns fewer matches than exist says so in a Warning header.
-    truncated = "warning" in {k.lower() for k in response.headers}
-    return rows, truncated
+        with _errors(client):
+            return search(**query)
+    except DicomwebError as exc:
+        if missing_ok and exc.status == 404:
+            return []
+        raise
 
 
-def _qido_pages(client: DICOMwebClient, path: str, params: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
-    """Every row of a QIDO-RS query, `page_size` at a time (limit/offset)."""
+def _pages(
+    client: DICOMwebClient, search: Callable[..., list], page_size: int, missing_ok: bool = False, **query: Any
+) -> Iterator[dict[str, Any]]:
+    """Every row of a QIDO-RS query, `page_size` at a time (limit/offset): a page shorter than `page_size`
+    ends it unless the server's Warning header said it cut the page short."""
     offset = 0
     while True:
-        rows, truncated = _qido(client, path, {**params, "limit": page_size, "offset": offset})
+        rows = _search(client, search, missing_ok, limit=page_size, offset=offset, **query)
+        truncated = getattr(client, "last_answer_truncated", False)
         yield from rows
         if not rows or (len(rows) < page_size and not truncated):
             return
         offset += len(rows)
+
+
+def _distinct(rows: Iterable[dict[str, Any]], tag: str) -> Iterator[str]:
+    """The distinct values of `tag` (a page boundary that moved under concurrent stores repeats a row)."""
+    seen: set[str] = set()
+    for row in rows:
+        value = _first_value(row, tag)
+        if value and value not in seen:
+            seen.add(value)
+            yield value
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
@@ -612,57 +586,54 @@ def enumerate_instances(
 ) -> Iterator[InstanceRef]:
     """Every instance in the store, or in the given studies and/or series, as (study, series, sop).
 
-    QIDO-RS studies → series → instances, each level paginated with limit/offset (a page shorter than
-    `page_size` ends a level unless the server's Warning header says it truncated the answer). With
-    `series` alone, the studies they belong to are looked up first; with both, only those series of those
-    studies. Unknown UIDs give nothing. Lazy: the first instances come before the whole store is listed.
+    QIDO-RS studies → series → instances, each level paginated with limit/offset. With `series` alone, the
+    studies they belong to are looked up first; with both, only those series of those studies. Unknown
+    UIDs give nothing, but a store that is not there (a wrong base path: 404) or cannot be reached raises
+    DicomwebError, with check_connection's message. Lazy: the first instances come before the whole store
+    is listed.
     """
     if page_size < 1:
         raise ValueError("page_size must be at least 1")
+    check_connection(client)
     wanted_series = list(dict.fromkeys(series)) if series is not None else None
     if studies is None and wanted_series is not None:
         pairs: Iterable[tuple[str, str]] = _studies_of_series(client, wanted_series, page_size)
     else:
         pairs = _series_of_studies(client, studies, wanted_series, page_size)
     for study, one_series in pairs:
-        seen: set[str] = set()
-        path = f"studies/{_q(study)}/series/{_q(one_series)}/instances"
-        for row in _qido_pages(client, path, {"includefield": _SOP_UID}, page_size):
-            sop = _first_value(row, _SOP_UID)
-            if sop and sop not in seen:  # a page boundary that moved under concurrent stores
-                seen.add(sop)
-                yield InstanceRef(study, one_series, sop)
-
-
-def _all_studies(client: DICOMwebClient, page_size: int) -> Iterator[str]:
-    seen: set[str] = set()
-    for row in _qido_pages(client, "studies", {"includefield": _STUDY_UID}, page_size):
-        study = _first_value(row, _STUDY_UID)
-        if study and study not in seen:
-            seen.add(study)
-            yield study
+        rows = _pages(
+            client,
+            client.search_for_instances,
+            page_size,
+            missing_ok=True,
+            study_instance_uid=study,
+            series_instance_uid=one_series,
+            fields=[_SOP_UID],
+        )
+        for sop in _distinct(rows, _SOP_UID):
+            yield InstanceRef(study, one_series, sop)
 
 
 def _series_of_studies(
     client: DICOMwebClient, studies: Iterable[str] | None, wanted: list[str] | None, page_size: int
 ) -> Iterator[tuple[str, str]]:
+    if studies is None:
+        studies = _distinct(_pages(client, client.search_for_studies, page_size, fields=[_STUDY_UID]), _STUDY_UID)
     wanted_set = set(wanted) if wanted is not None else None
-    study_uids = _all_studies(client, page_size) if studies is None else dict.fromkeys(studies)
-    for study in study_uids:
-        seen: set[str] = set()
-        path = f"studies/{_q(study)}/series"
-        for row in _qido_pages(client, path, {"includefield": _SERIES_UID}, page_size):
-            one_series = _first_value(row, _SERIES_UID)
-            if one_series and one_series not in seen and (wanted_set is None or one_series in wanted_set):
-                seen.add(one_series)
+    for study in dict.fromkeys(studies):
+        rows = _pages(
+            client, client.search_for_series, page_size, missing_ok=True, study_instance_uid=study, fields=[_SERIES_UID]
+        )
+        for one_series in _distinct(rows, _SERIES_UID):
+            if wanted_set is None or one_series in wanted_set:
                 yield study, one_series
 
 
 def _studies_of_series(client: DICOMwebClient, wanted: list[str], page_size: int) -> Iterator[tuple[str, str]]:
     found: dict[str, str] = {}
     for chunk in _chunks(wanted, UIDS_PER_QUERY):
-        params = {"SeriesInstanceUID": ",".join(chunk), "includefield": f"{_STUDY_UID},{_SERIES_UID}"}
-        for row in _qido_pages(client, "series", params, page_size):
+        query = {"search_filters": {"SeriesInstanceUID": ",".join(chunk)}, "fields": [_STUDY_UID, _SERIES_UID]}
+        for row in _pages(client, client.search_for_series, page_size, **query):
             one_series, study = _first_value(row, _SERIES_UID), _first_value(row, _STUDY_UID)
             if one_series in chunk and study:
                 found.setdefault(one_series, study)
@@ -690,10 +661,11 @@ def find_existing_instances(client: DICOMwebClient, sop_uids: Iterable[str]) -> 
 
 
 def _existing(client: DICOMwebClient, chunk: Sequence[str]) -> set[str]:
-    params = {"SOPInstanceUID": ",".join(chunk), "includefield": _SOP_UID, "limit": len(chunk) * 2}
-    rows, _ = _qido(client, "instances", params)
-    wanted = set(chunk)
-    return {uid for row in rows if (uid := _first_value(row, _SOP_UID)) in wanted}
+    filters = {"SOPInstanceUID": ",".join(chunk)}
+    rows = _search(
+        client, client.search_for_instances, True, search_filters=filters, fields=[_SOP_UID], limit=len(chunk) * 2
+    )
+    return set(_distinct(rows, _SOP_UID)) & set(chunk)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -704,58 +676,33 @@ def retrieve_instance_bytes(client: DICOMwebClient, study: str, series: str, sop
     """One instance's Part 10 file, as the store holds it (``transfer-syntax=*``: no transcoding).
 
     Asks for the standard multipart/related answer, without HTTP compression; a server that refuses it
-    (400/406) is asked for a single ``application/dicom`` part. Raises DicomwebError (404 if the store
+    (400/406/415) is asked for a single ``application/dicom`` part. Raises DicomwebError (404 if the store
     does not have it).
     """
+    # By hand, not the library's retrieve_instance(): that one parses the file into a pydicom Dataset (and
+    # asks for an explicit transfer syntax), so the bytes given back would not be the stored file's. Only
+    # the request is ours; the answer is split by the library's multipart decoder.
     url = instance_url(client.base_url, study, series, sop)
     try:
-        response = _request(client, "GET", url, headers={"Accept": _PART10_ACCEPT, **_NO_COMPRESSION})
+        response = _send(client, "GET", url, headers={"Accept": _PART10_ACCEPT, **_NO_COMPRESSION})
     except DicomwebError as exc:
         if exc.status not in (400, 406, 415):
             raise
-        response = _request(client, "GET", url, headers={"Accept": _SINGLE_PART_ACCEPT, **_NO_COMPRESSION})
-    parts = decode_multipart(response.headers.get("Content-Type", ""), response.content)
+        response = _send(client, "GET", url, headers={"Accept": _SINGLE_PART_ACCEPT, **_NO_COMPRESSION})
+    status = response.status_code
+    if response.headers.get("Content-Type", "").lower().startswith("multipart/related"):
+        try:
+            parts = list(client._decode_multipart_message(response, stream=False))
+        except ValueError as exc:
+            raise DicomwebError(status, f"unreadable multipart answer: {exc}", "GET", url) from None
+    else:
+        parts = [response.content]
     if len(parts) != 1:
-        raise DicomwebError(response.status_code, f"expected one DICOM part, got {len(parts)}", "GET", url)
-    data = parts[0]
+        raise DicomwebError(status, f"expected one DICOM part, got {len(parts)}", "GET", url)
+    data = bytes(parts[0])
     if not has_dicm_prefix(data[:132]) and not looks_like_bare_dataset(data[:8]):
-        raise DicomwebError(response.status_code, "the answer is not a DICOM file", "GET", url)
+        raise DicomwebError(status, "the answer is not a DICOM file", "GET", url)
     return data
-
-
-def decode_multipart(content_type: str, body: bytes) -> list[bytes]:
-    """The parts of a multipart/related body (each part's Content-Length is used when given);
-    a body that is not multipart is its own single part."""
-    if not content_type.lower().startswith("multipart/"):
-        return [body]
-    match = re.search(r'boundary="?([^";]+)"?', content_type, flags=re.IGNORECASE)
-    if not match:
-        raise ValueError("multipart answer without a boundary")
-    delimiter = b"--" + match.group(1).strip().encode("latin-1")
-    parts: list[bytes] = []
-    position = body.find(delimiter)
-    while position != -1:
-        position += len(delimiter)
-        if body[position : position + 2] == b"--":  # closing delimiter
-            break
-        header_end = body.find(b"\r\n\r\n", position)
-        if header_end == -1:
-            break
-        headers = body[position:header_end].decode("latin-1")
-        start = header_end + 4
-        length = re.search(r"(?im)^content-length:\s*(\d+)\s*$", headers)
-        if length:
-            end = start + int(length.group(1))
-            next_delimiter = body.find(delimiter, end)
-        else:
-            next_delimiter = body.find(b"\r\n" + delimiter, start)
-            end = next_delimiter
-            next_delimiter = next_delimiter + 2 if next_delimiter != -1 else -1
-        if end < start or end > len(body):
-            raise ValueError("truncated multipart answer")
-        parts.append(body[start:end])
-        position = next_delimiter
-    return parts
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -787,38 +734,25 @@ def failure_reason_text(reason: int | None, kind: str = "FailureReason") -> str:
     return f"{kind} 0x{reason:04X}" + (f" ({name})" if name else "")
 
 
-def encode_multipart(blobs: Sequence[bytes]) -> tuple[bytes, str]:
-    """(body, Content-Type) of a multipart/related application/dicom request."""
-    boundary = uuid.uuid4().hex
-    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode("ascii")
-    pieces: list[bytes] = []
-    for blob in blobs:
-        pieces += [head, blob, b"\r\n"]
-    pieces.append(f"--{boundary}--\r\n".encode("ascii"))
-    return b"".join(pieces), f'multipart/related; type="application/dicom"; boundary={boundary}'
-
-
 def store_instances_bytes(client: DICOMwebClient, blobs: Sequence[bytes]) -> StowResult:
     """Store Part 10 files, byte for byte, in one STOW-RS request; the per-instance answer.
 
     200 (all stored), 202 (some refused) and 409 (all refused) come back as a StowResult; any other
     failure raises DicomwebError (after the session's retries).
     """
-    body, content_type = encode_multipart(blobs)
+    # By hand, not the library's store_instances(): that one takes pydicom Datasets and writes them out
+    # again, so the store would not get the files' own bytes; and its answer keeps no per-instance
+    # FailureReason. The body is made by the library's multipart encoder.
+    content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
+    body = DICOMwebClient._encode_multipart_message(blobs, content_type)
     url = f"{client.base_url}/studies"
     headers = {"Content-Type": content_type, "Accept": _JSON_ACCEPT}
-    response = _request(client, "POST", url, headers=headers, data=body, ok=(409,))
+    response = _send(client, "POST", url, ok=(409,), headers=headers, data=body)
     result = StowResult(response.status_code)
-    if not response.content:
-        if response.status_code == 409:
-            raise DicomwebError(409, _redact(client, _answer_reason(response)), "POST", url)
-        return result
     try:
-        payload = json.loads(response.content)
+        payload = json.loads(response.content) if response.content else {}
     except ValueError:
-        if response.status_code == 409:
-            raise DicomwebError(409, _redact(client, _answer_reason(response)), "POST", url) from None
-        return result  # a success without a DICOM JSON answer: nothing per instance to read
+        payload = {}  # a success without a DICOM JSON answer: nothing per instance to read
     if isinstance(payload, list):
         payload = payload[0] if payload else {}
     for item in (payload.get(_REFERENCED_SOP_SEQUENCE) or {}).get("Value") or []:
