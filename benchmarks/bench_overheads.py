@@ -70,7 +70,7 @@ def _plain(files: list[Path]) -> tuple[float, int]:
     for f in files:
         with open(f, "rb") as fp:
             ds = read_dataset(fp, defer_size=None)
-        renderer.render(ds, instance_key(ds, str(f)))
+        renderer.write_outputs(instance_key(ds, str(f)), renderer.encode(ds), str(f))
     seconds, faults = time.perf_counter() - t0, _faults() - f0
     shutil.rmtree(out)
     return seconds, faults

@@ -256,6 +256,14 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     options = runner.pipeline_options(beam_args)
     files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
     config.check_output_locations()
+    if config.dicomweb is not None:  # a wrong URL or a closed port: one clear DicomwebError, before the run
+        from medbeam.io.dicomweb import check_connection
+
+        client = config.dicomweb.make_client()
+        try:
+            check_connection(client)
+        finally:
+            client.session.close()
     matches: set[tuple[str, int]] = set()
     if runner.is_local_runner(options):  # the listing is for the local choice and the progress total only
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.normalize_input_pattern(i))}
