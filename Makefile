@@ -1,26 +1,35 @@
 # Everything a fresh machine needs: `make demo` and `make test` create and use .venv themselves.
+# The demo installs only what it runs (medbeam + the pydicom-data corpus); the tests add TensorFlow,
+# the storage emulators and the linter.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-stamp
+DEMO_STAMP := $(VENV)/.installed-demo
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: demo test bench bench-dicomweb clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test]'
-	touch $(STAMP)
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
 
-demo: $(STAMP)
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+$(TEST_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TEST_STAMP) $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/medbeam demo --out demo-out
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	scripts/ensure-orthanc.sh
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) -m benchmarks.bench_dicom_export
 
-bench-dicomweb: $(STAMP)
+bench-dicomweb: $(TEST_STAMP)
 	scripts/ensure-orthanc.sh
 	$(PY) -m benchmarks.bench_dicomweb
 

@@ -94,8 +94,18 @@ def run_demo(out: Path, progress: bool = True) -> None:
         )
     png_count = sum(1 for _ in (out / "png").rglob("*.png")) if (out / "png").exists() else 0
     typer.echo(f"\n{png_count} PNG files under {out / 'png'}/{{study}}/{{series}}/{{instance}}.png")
-    typer.echo(f"DuckDB: {config.duckdb_path} — try: duckdb {config.duckdb_path} \"SELECT * FROM rejects\"")
+    query = f"import duckdb; duckdb.connect('{config.duckdb_path}', read_only=True).sql('SELECT * FROM rejects').show()"
+    typer.echo(f"DuckDB: {config.duckdb_path} — try: {_python()} -c \"{query}\"")
     _print_tfrecords(config.tfrecord_prefix)
+
+
+def _python() -> str:
+    """This environment's interpreter, as a command a user can paste (the duckdb CLI is not installed)."""
+    import os
+    import sys
+
+    relative = os.path.relpath(sys.executable)
+    return relative if not relative.startswith("..") else sys.executable
 
 
 def _print_tfrecords(prefix: str) -> None:

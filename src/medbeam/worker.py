@@ -60,3 +60,17 @@ def _apply() -> bool:
     if not ok:
         _log.debug("mallopt refused medbeam's thresholds; the allocator keeps its defaults")
     return ok
+
+
+@functools.cache
+def quiet_pydicom() -> None:
+    """A medbeam worker's (or CLI run's) pydicom: no value validation, no log line per tolerated oddity.
+
+    Why here and not at import: importing medbeam must not change a notebook user's pydicom. In a worker,
+    validation only costs time (bad values are recorded per element in `value_errors` either way) and
+    pydicom's log lines repeat what the rejects table and value_errors already hold.
+    """
+    import pydicom
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)

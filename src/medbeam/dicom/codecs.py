@@ -13,6 +13,7 @@ plugins: GDCM and Pillow refuse 12-bit lossy JPEG and pylibjpeg rejects some rea
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -118,22 +119,26 @@ def jpeg_frame_header(src: bytes) -> tuple[int, int, int, int] | None:
 
 
 _registered = False
+_REGISTER_LOCK = threading.Lock()
 
 
 def register_decoder_plugins() -> bool:
     """Add this plugin to pydicom's JPEG Lossless and JPEG Extended decoders; safe to call many times.
 
     Returns True when the plugin is available for use (imagecodecs with libjpeg-turbo >= 3).
-    pydicom's add_plugin is not thread-safe, so call this at import time (render.py does).
+    render.py calls it before its first decode, not at import: importing medbeam leaves pydicom's plugin
+    registry as it was. pydicom's add_plugin is not thread-safe, hence the lock.
     """
     global _registered
     if not _registered:
-        for tsyntax in SUPPORTED_SYNTAXES:
-            decoder = get_decoder(tsyntax)
-            try:
-                decoder.add_plugin(PLUGIN_NAME, (__name__, "_decode_frame"))
-            except ValueError as exc:
-                if "already has a plugin" not in str(exc):
-                    raise
-        _registered = True
+        with _REGISTER_LOCK:
+            if not _registered:
+                for tsyntax in SUPPORTED_SYNTAXES:
+                    decoder = get_decoder(tsyntax)
+                    try:
+                        decoder.add_plugin(PLUGIN_NAME, (__name__, "_decode_frame"))
+                    except ValueError as exc:
+                        if "already has a plugin" not in str(exc):
+                            raise
+                _registered = True
     return all(PLUGIN_NAME in get_decoder(t).available_plugins for t in JPEG_LOSSLESS_SYNTAXES)

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
-import pydicom
 from pydicom.datadict import (
     dictionary_VM,
     dictionary_VR,
@@ -39,9 +38,6 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import DA, DT, TM, PersonName
-
-# Bad values are recorded by us, per element; pydicom's own warnings would only flood the logs.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 
 #: Binary values longer than this many bytes (pixel data, overlays, LUTs, waveforms…) are left out.
 BULK_DATA_THRESHOLD = 1024

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import logging
 import struct
 import warnings
 from typing import BinaryIO
@@ -16,8 +15,6 @@ from pydicom.errors import InvalidDicomError
 #: Values larger than this stay on disk until asked for: a header read never loads pixel data.
 DEFER_SIZE = 4096
 _KNOWN_FIRST_GROUPS = {0x0002, 0x0008}
-# pydicom logs every oddity it tolerates; the rejects table and value_errors already record what matters.
-logging.getLogger("pydicom").setLevel(logging.CRITICAL)
 
 
 class NotDicomError(ValueError):

@@ -55,8 +55,6 @@ __all__ = [
     "render_png_frames",
 ]
 
-# Registering at import time: pydicom's add_plugin is not thread-safe, module import is serialised.
-codecs.register_decoder_plugins()
 
 WINDOW_MODES = ("header", "minmax", "none")
 PIXEL_DATA_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
@@ -208,6 +206,7 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
     """(stored values with a frame axis, pixel properties after decoding) or RenderError."""
     if not has_pixel_data(ds):
         raise RenderError("the dataset has no Pixel Data, Float Pixel Data or Double Float Pixel Data")
+    codecs.register_decoder_plugins()  # once per process, on first use (not at import)
     tsyntax = _transfer_syntax(ds)
     fast = _decode_native_little_endian(ds, tsyntax)
     if fast is not None:

@@ -20,7 +20,7 @@ from medbeam.dicom.render import RenderOptions, has_pixel_data, render_png_frame
 from medbeam.io import files
 from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
-from medbeam.worker import tune_allocator_for_large_images
+from medbeam.worker import quiet_pydicom, tune_allocator_for_large_images
 
 NAMESPACE = "medbeam"
 TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN = "types", "images", "rejects", "examples", "written"
@@ -136,6 +136,7 @@ class ParseDicomFn(beam.DoFn):
 
     def setup(self) -> None:
         tune_allocator_for_large_images()
+        quiet_pydicom()
         self._opener.setup()
 
     def start_bundle(self) -> None:
@@ -215,6 +216,7 @@ class RenderInstanceFn(beam.DoFn):
 
     def setup(self) -> None:
         tune_allocator_for_large_images()
+        quiet_pydicom()
         self._opener.setup()
 
     def process(self, element: tuple[tuple[str, str, str], Iterable[RenderSource]]) -> Iterator[Any]:

@@ -33,6 +33,7 @@ from medbeam.io.stow import (
 )
 from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
+from medbeam.worker import quiet_pydicom
 
 NAMESPACE = "medbeam.dicom_import"
 REJECTS = "rejects"
@@ -48,6 +49,9 @@ class InspectFileFn(beam.DoFn):
         self._ticker = ticker
         self._files_in = Metrics.counter(NAMESPACE, "files_in")
         self._rejected = Metrics.counter(NAMESPACE, "rejected_files")
+
+    def setup(self) -> None:
+        quiet_pydicom()
 
     def process(self, file: tuple[str, int]) -> Iterator[Any]:
         path, size = file
