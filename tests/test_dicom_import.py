@@ -18,7 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medbeam.cli_dicomweb import register
+from medbeam.cli import dicom as dicom_cli
 from medbeam.dicom import part10 as p10
 from medbeam.io import dicomweb as dw
 from medbeam.io import stow
@@ -340,14 +340,12 @@ def test_503s_are_retried_and_everything_ends_stored(orthanc, corpus, tmp_path):
 
 def _cli():
     app = typer.Typer()
-    dicom_app = typer.Typer()
 
     @app.callback()
     def main() -> None:
         """medbeam (test)"""
 
-    app.add_typer(dicom_app, name="dicom")
-    register(dicom_app)
+    app.add_typer(dicom_cli.app, name="dicom")
     return app
 
 

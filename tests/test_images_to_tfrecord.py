@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from medbeam.cli_tfrecord import app
+from medbeam.cli.tfrecord import app
 from medbeam.imaging.codec import decode_image, sniff_format
 from medbeam.io import tables
 from medbeam.io import tfrecord as tfr

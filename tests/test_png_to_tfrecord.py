@@ -12,7 +12,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
-from medbeam.cli_tfrecord import app
+from medbeam.cli.tfrecord import app
 from medbeam.imaging.codec import decode_image
 from medbeam.io import tables
 from medbeam.io import tfrecord as tfr

@@ -16,7 +16,7 @@ import pytest
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.testing.util import assert_that, equal_to
 
-from medbeam.cli_tfrecord import join_shape_args, parse_shape
+from medbeam.cli.tfrecord import join_shape_args, parse_shape
 from medbeam.imaging import codec
 from medbeam.imaging.codec import (
     FormatMismatchError,

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from medbeam.cli_files import app
+from medbeam.cli.files import app
 from medbeam.io import archives, tables
 from medbeam.io.archives import Limits
 from medbeam.pipelines.untar import UntarConfig, run

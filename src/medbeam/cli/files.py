@@ -1,8 +1,4 @@
-"""`medbeam files …`: unpack tar archives and decompress files (local, gs://, s3://).
-
-Mounted by the main app as `app.add_typer(cli_files.app, name="files")`. Flags a command does not know
-pass through to Apache Beam (`--runner`, `--project`, `--temp_location`, `--direct_num_workers`, …).
-"""
+"""`medbeam files …`: unpack tar archives and decompress files (local, gs://, s3://)."""
 
 from __future__ import annotations
 
@@ -10,19 +6,14 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="File jobs: unpack tar archives, decompress .gz/.bz2/.xz/.zst files.", no_args_is_help=True)
+from medbeam.cli.core import command, fail, new_app, report
+from medbeam.cli.options import INPUTS_HELP
 
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+app = new_app("File jobs: unpack tar archives, decompress .gz/.bz2/.xz/.zst files.")
 
-_INPUTS_HELP = "File, directory or glob (local, gs://, s3://); repeatable."
 _REJECTS_HELP = "Directory for the rejects table (Parquet). Default: {default}."
 _DUCKDB_HELP = "Also load the rejects table into this local DuckDB file (table `rejects`)."
 _RATIO_HELP = "Bomb guard: refuse more than this many expanded bytes per compressed byte (0: no limit)."
-
-
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 def _size(text: str, flag: str) -> int | None:
@@ -31,29 +22,34 @@ def _size(text: str, flag: str) -> int | None:
     try:
         return parse_size(text)
     except ValueError as exc:
-        _fail(f"{flag}: {exc}")
-    raise AssertionError
+        fail(f"{flag}: {exc}")
 
 
 def _ratio(value: float) -> float | None:
     if value < 0:
-        _fail("--max-ratio must be positive (0 for no limit)")
+        fail("--max-ratio must be positive (0 for no limit)")
     return value or None
 
 
-def _report(summary: str, files_in: int, outputs: str, rejects_dir: str, duckdb: str | None, what: str) -> None:
-    typer.echo(summary)
-    if files_in == 0:
-        typer.secho(f"warning: no {what} matched the inputs", fg=typer.colors.YELLOW, err=True)
-    typer.echo(f"files: {outputs}")
+def _lines(files_in: int, outputs: str, rejects_dir: str, duckdb: str | None, what: str) -> list[str]:
+    lines = [f"warning: no {what} matched the inputs"] if files_in == 0 else []
     tables = f"Parquet under {rejects_dir}/rejects"
-    typer.echo(f"rejects: {duckdb} (table rejects); {tables}" if duckdb else f"rejects: {tables}")
+    return [
+        *lines,
+        f"files: {outputs}",
+        f"rejects: {duckdb} (table rejects); {tables}" if duckdb else f"rejects: {tables}",
+    ]
 
 
-@app.command("untar", context_settings=_PASS_THROUGH)
+@command(
+    app,
+    "untar",
+    example="medbeam files untar -i 'gs://bucket/raw/*.tar.gz' --output-dir gs://bucket/unpacked --archive-subdir "
+    "--runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp",
+)
 def untar(
     ctx: typer.Context,
-    inputs: Annotated[list[str], typer.Option("--input", "-i", help=_INPUTS_HELP + " Each file is one archive.")],
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help=INPUTS_HELP + " Each file is one archive.")],
     output_dir: Annotated[str, typer.Option(help="Members go to {output-dir}/{member path}.")],
     archive_subdir: Annotated[
         bool, typer.Option(help="Put each archive's members under {output-dir}/{archive name without .tar…}/.")
@@ -68,23 +64,25 @@ def untar(
     """Unpack .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz and .tar.zst archives, streamed, in parallel."""
     from medbeam.pipelines.untar import UntarConfig, run
 
-    try:
-        config = UntarConfig(
-            inputs=inputs,
-            output_dir=output_dir,
-            archive_subdir=archive_subdir,
-            rejects_dir=rejects_dir,
-            duckdb_path=duckdb,
-            max_ratio=_ratio(max_ratio),
-            max_archive_bytes=_size(max_archive_bytes, "--max-archive-bytes"),
-        )
-        counts = run(config, ctx.args)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
-    _report(counts.summary(), counts.archives_in, config.output_dir, config.rejects_dir, duckdb, "archives")
+    config = UntarConfig(
+        inputs=inputs,
+        output_dir=output_dir,
+        archive_subdir=archive_subdir,
+        rejects_dir=rejects_dir,
+        duckdb_path=duckdb,
+        max_ratio=_ratio(max_ratio),
+        max_archive_bytes=_size(max_archive_bytes, "--max-archive-bytes"),
+    )
+    counts = run(config, ctx.args)
+    report(counts, _lines(counts.archives_in, config.output_dir, config.rejects_dir, duckdb, "archives"))
 
 
-@app.command("decompress", context_settings=_PASS_THROUGH)
+@command(
+    app,
+    "decompress",
+    example=r"medbeam files decompress -i gs://bucket/raw --output-dir gs://bucket/plain "
+    r"--path-sub-pattern '(.*)\.gz' --path-sub-repl '\1' --max-output-bytes 10GiB",
+)
 def decompress(
     ctx: typer.Context,
     inputs: Annotated[
@@ -120,19 +118,16 @@ def decompress(
     """
     from medbeam.pipelines.decompress import DecompressConfig, run
 
-    try:
-        config = DecompressConfig(
-            inputs=inputs,
-            path_sub_pattern=path_sub_pattern,
-            path_sub_repl=path_sub_repl,
-            output_dir=output_dir,
-            rejects_dir=rejects_dir,
-            duckdb_path=duckdb,
-            max_ratio=_ratio(max_ratio),
-            max_output_bytes=_size(max_output_bytes, "--max-output-bytes"),
-        )
-        counts = run(config, ctx.args)
-    except (ValueError, FileNotFoundError) as exc:
-        _fail(str(exc))
+    config = DecompressConfig(
+        inputs=inputs,
+        path_sub_pattern=path_sub_pattern,
+        path_sub_repl=path_sub_repl,
+        output_dir=output_dir,
+        rejects_dir=rejects_dir,
+        duckdb_path=duckdb,
+        max_ratio=_ratio(max_ratio),
+        max_output_bytes=_size(max_output_bytes, "--max-output-bytes"),
+    )
+    counts = run(config, ctx.args)
     outputs = config.output_dir or "next to the inputs"
-    _report(counts.summary(), counts.files_in, outputs, config.rejects_dir, duckdb, "files")
+    report(counts, _lines(counts.files_in, outputs, config.rejects_dir, duckdb, "files"))

@@ -1,8 +1,6 @@
-"""`medbeam tfrecord …`: images to TFRecord shards of tf.train.Example (wired in cli.py as a sub-app).
+"""`medbeam tfrecord …`: images to TFRecord shards of tf.train.Example.
 
-Flags a command does not know pass through to Apache Beam (`--runner`, `--project`, `--temp_location`,
-`--direct_num_workers`, …). `--shape` takes two or three numbers: `--shape 299 299` or `--shape 299 299 1`
-(also `--shape 299,299,1`).
+`--shape` takes two or three numbers: `--shape 299 299` or `--shape 299 299 1` (also `--shape 299,299,1`).
 """
 
 from __future__ import annotations
@@ -11,22 +9,28 @@ import re
 from enum import Enum
 from typing import Annotated
 
-import click
 import typer
-from typer.core import TyperCommand
 
-app = typer.Typer(help="Images → TFRecord shards of tf.train.Example.", no_args_is_help=True)
+from medbeam.cli.core import Command, command, fail, new_app, report
+from medbeam.cli.options import ResizeMode, ResizeModeOption
 
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+app = new_app("Images → TFRecord shards of tf.train.Example.")
+
 _INT = re.compile(r"^\d+$")
 _SHAPE_HELP = "Resize to H W (keep channels) or H W C (C: 1 grey, 3 colour), anti-aliased."
 
 
-class ShapeCommand(TyperCommand):
+class ShapeCommand(Command):
     """Lets `--shape` take 2 or 3 numbers: they are joined into one value before click parses the line."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, join_shape_args(args))
+
+    def check_extra_args(self, ctx: typer.Context) -> None:
+        stray = [a for a in ctx.args if _INT.match(a)]
+        if stray:
+            fail(f"unexpected argument(s) {' '.join(stray)} (--shape takes 2 or 3 numbers)")
+        super().check_extra_args(ctx)
 
 
 def join_shape_args(args: list[str]) -> list[str]:
@@ -61,40 +65,17 @@ def parse_shape(value: str | None) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
-class ResizeMode(str, Enum):
-    stretch = "stretch"
-    pad = "pad"
-    crop = "crop"
-
-
-#: The same option in every job that resizes (tfrecord from-dicom-png, from-images, dicom export).
-ResizeModeOption = Annotated[
-    ResizeMode,
-    typer.Option(
-        help="How an image of another aspect ratio reaches the size: stretch (each axis on its own), "
-        "pad (fit inside, black letterbox) or crop (cover, keep the centre)."
-    ),
-]
-
-
 class ImageFormat(str, Enum):
     jpg = "jpg"
     png = "png"
 
 
-def _fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _beam_args(ctx: typer.Context) -> list[str]:
-    stray = [a for a in ctx.args if _INT.match(a)]
-    if stray:
-        _fail(f"unexpected argument(s) {' '.join(stray)} (--shape takes 2 or 3 numbers)")
-    return list(ctx.args)
-
-
-@app.command("from-dicom-png", cls=ShapeCommand, context_settings=_PASS_THROUGH)
+@command(
+    app,
+    "from-dicom-png",
+    cls=ShapeCommand,
+    example="medbeam tfrecord from-dicom-png -i out/png -o out/tfrecords/train --shape 299 299 1",
+)
 def from_dicom_png(
     ctx: typer.Context,
     input: Annotated[
@@ -115,25 +96,26 @@ def from_dicom_png(
     """DICOM export PNGs → TFRecords with study, series, instance, frame, png_bytes (Google's features)."""
     from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig, run
 
-    beam_args = _beam_args(ctx)
-    try:
-        config = PngToTfrecordConfig(
-            input=input,
-            output=output,
-            shape=parse_shape(shape),
-            resize_mode=resize_mode.value,
-            num_shards=num_shards,
-            png_compression=png_compression,
-            verify=verify,
-        )
-    except ValueError as exc:
-        _fail(str(exc))
-    counts = run(config, beam_args)
-    typer.echo(counts.summary())
-    _echo_outputs(config.output, counts.shards)
+    config = PngToTfrecordConfig(
+        input=input,
+        output=output,
+        shape=parse_shape(shape),
+        resize_mode=resize_mode.value,
+        num_shards=num_shards,
+        png_compression=png_compression,
+        verify=verify,
+    )
+    counts = run(config, ctx.args)
+    report(counts, _outputs(config.output, counts.shards))
 
 
-@app.command("from-images", cls=ShapeCommand, context_settings=_PASS_THROUGH)
+@command(
+    app,
+    "from-images",
+    cls=ShapeCommand,
+    example="medbeam tfrecord from-images -i images/ -o tfrecords/train --shape 224 224 "
+    "--labels-sql \"SELECT * FROM read_csv('labels.csv')\"",
+)
 def from_images(
     ctx: typer.Context,
     inputs: Annotated[
@@ -172,30 +154,26 @@ def from_images(
     """Labelled JPG/PNG images → TFRecords with path, jpg_bytes|png_bytes and one feature per label column."""
     from medbeam.pipelines.images_to_tfrecord import ImagesToTfrecordConfig, run
 
-    beam_args = _beam_args(ctx)
+    config = ImagesToTfrecordConfig(
+        inputs=inputs,
+        output=output,
+        image_format=image_format.value,
+        path_regex=path_regex,
+        shape=parse_shape(shape),
+        resize_mode=resize_mode.value,
+        labels_sql=labels_sql,
+        bigquery_sql=bigquery_sql,
+        duckdb_path=duckdb,
+        jpeg_quality=jpeg_quality,
+        png_compression=png_compression,
+        num_shards=num_shards,
+        verify=verify,
+    )
     try:
-        config = ImagesToTfrecordConfig(
-            inputs=inputs,
-            output=output,
-            image_format=image_format.value,
-            path_regex=path_regex,
-            shape=parse_shape(shape),
-            resize_mode=resize_mode.value,
-            labels_sql=labels_sql,
-            bigquery_sql=bigquery_sql,
-            duckdb_path=duckdb,
-            jpeg_quality=jpeg_quality,
-            png_compression=png_compression,
-            num_shards=num_shards,
-            verify=verify,
-        )
-        counts = run(config, beam_args)
-    except ValueError as exc:  # bad settings, or a label query whose columns cannot become features
-        _fail(str(exc))
+        counts = run(config, ctx.args)  # its ValueErrors (e.g. label columns that cannot be features): exit 2
     except _query_errors() as exc:
-        _fail(f"label query failed: {exc}")
-    typer.echo(counts.summary())
-    _echo_outputs(config.output, counts.shards)
+        fail(f"label query failed: {exc}")
+    report(counts, _outputs(config.output, counts.shards))
 
 
 def _query_errors() -> tuple[type[BaseException], ...]:
@@ -204,10 +182,12 @@ def _query_errors() -> tuple[type[BaseException], ...]:
     return (duckdb.Error,)
 
 
-def _echo_outputs(prefix: str, shards: int) -> None:
+def _outputs(prefix: str, shards: int) -> list[str]:
     from medbeam.io import tfrecord as tfr
     from medbeam.io.examples import rejects_location
 
     table_dir, table = rejects_location(prefix)
-    typer.echo(f"TFRecords: {tfr.shard_glob(prefix)} ({shards} shards); spec: {tfr.description_path(prefix)}")
-    typer.echo(f"rejects: {table_dir}/{table}/")
+    return [
+        f"TFRecords: {tfr.shard_glob(prefix)} ({shards} shards); spec: {tfr.description_path(prefix)}",
+        f"rejects: {table_dir}/{table}/",
+    ]

@@ -1,0 +1,5 @@
+"""`python -m medbeam.cli`."""
+
+from medbeam.cli import main
+
+main()
