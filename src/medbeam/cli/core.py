@@ -26,8 +26,9 @@ from typer.core import TyperCommand, TyperGroup
 
 try:  # typer >= 0.2x carries its own copy of click
     from typer._click.exceptions import ClickException, UsageError
+    from typer._click.globals import get_current_context  # noqa: F401 - for medbeam.cli.options
 except ImportError:  # older typer: click itself
-    from click import ClickException, UsageError
+    from click import ClickException, UsageError, get_current_context  # noqa: F401
 
 #: Flags a command does not know stay in ctx.args (and go to Beam once checked).
 PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -143,10 +144,7 @@ class _ParseError(Exception):
 def beam_parser() -> argparse.ArgumentParser:
     """Beam's own parser, built as PipelineOptions.get_all_options builds it: every PipelineOptions
     subclass adds its arguments. What it does not know, Beam would log as unparseable and drop."""
-    from apache_beam.options.pipeline_options import (
-        PipelineOptions,
-        _BeamArgumentParser,
-    )
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     class Parser(_BeamArgumentParser):
         def error(self, message: str) -> NoReturn:
