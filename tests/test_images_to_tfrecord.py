@@ -495,3 +495,19 @@ def test_cli_resize_mode_keeps_the_aspect_ratio(tmp_path, mode):
     spec = json.loads((tmp_path / "o" / "t.features.json").read_text())
     (png_spec,) = [f for f in spec["features"] if f["name"] == "png_bytes"]
     assert png_spec["image"]["resize_mode"] == mode
+
+
+def test_label_paths_that_match_no_image_get_a_hint(tmp_path):
+    (tmp_path / "jpgs").mkdir()
+    (tmp_path / "jpgs" / "a.jpg").write_bytes(_jpg(8, 8))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,y\njpgs/a.jpg,1\n")  # relative: the join needs the full URI
+    config = ImagesToTfrecordConfig(
+        inputs=[str(tmp_path / "jpgs")], output=str(tmp_path / "o" / "t"),
+        labels_sql=f"SELECT * FROM read_csv('{csv}')",
+    )  # fmt: skip
+    counts = run(config, [])
+    assert counts.records_written == 0
+    summary = counts.summary()
+    assert "none of the 1 label paths matched an image" in summary
+    assert "'jpgs/a.jpg'" in summary and repr(str(tmp_path / "jpgs" / "a.jpg")) in summary

@@ -144,7 +144,10 @@ class _ParseError(Exception):
 def beam_parser() -> argparse.ArgumentParser:
     """Beam's own parser, built as PipelineOptions.get_all_options builds it: every PipelineOptions
     subclass adds its arguments. What it does not know, Beam would log as unparseable and drop."""
-    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+    from apache_beam.options.pipeline_options import (
+        PipelineOptions,
+        _BeamArgumentParser,
+    )
 
     class Parser(_BeamArgumentParser):
         def error(self, message: str) -> NoReturn:

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from medbeam.cli.core import command, fail, new_app, report
-from medbeam.cli.options import INPUTS_HELP
+from medbeam.cli.options import INPUTS_HELP, Progress
 
 app = new_app("File jobs: unpack tar archives, decompress .gz/.bz2/.xz/.zst files.")
 
@@ -60,6 +60,7 @@ def untar(
     max_archive_bytes: Annotated[
         str, typer.Option(metavar="SIZE", help="Bomb guard: most bytes one archive may expand to, e.g. 500GiB.")
     ] = "none",
+    progress: Progress = True,
 ) -> None:
     """Unpack .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz and .tar.zst archives, streamed, in parallel."""
     from medbeam.pipelines.untar import UntarConfig, run
@@ -72,6 +73,7 @@ def untar(
         duckdb_path=duckdb,
         max_ratio=_ratio(max_ratio),
         max_archive_bytes=_size(max_archive_bytes, "--max-archive-bytes"),
+        progress=progress,
     )
     counts = run(config, ctx.args)
     report(counts, _lines(counts.archives_in, config.output_dir, config.rejects_dir, duckdb, "archives"))
@@ -111,6 +113,7 @@ def decompress(
     max_output_bytes: Annotated[
         str, typer.Option(metavar="SIZE", help="Bomb guard: most bytes one file may expand to ('none': no limit).")
     ] = "64GiB",
+    progress: Progress = True,
 ) -> None:
     """Decompress gzip, bzip2, xz and zstd files (format from their magic bytes), streamed, in parallel.
 
@@ -127,6 +130,7 @@ def decompress(
         duckdb_path=duckdb,
         max_ratio=_ratio(max_ratio),
         max_output_bytes=_size(max_output_bytes, "--max-output-bytes"),
+        progress=progress,
     )
     counts = run(config, ctx.args)
     outputs = config.output_dir or "next to the inputs"

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from medbeam.cli.core import Command, command, fail, new_app, report
-from medbeam.cli.options import ResizeMode, ResizeModeOption
+from medbeam.cli.options import Progress, ResizeMode, ResizeModeOption
 
 app = new_app("Images → TFRecord shards of tf.train.Example.")
 
@@ -92,6 +92,7 @@ def from_dicom_png(
     ] = None,
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level for resized images.")] = 1,
     verify: Annotated[bool, typer.Option(help="Decode every image (else only check its signature).")] = True,
+    progress: Progress = True,
 ) -> None:
     """DICOM export PNGs → TFRecords with study, series, instance, frame, png_bytes (Google's features)."""
     from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig, run
@@ -104,6 +105,7 @@ def from_dicom_png(
         num_shards=num_shards,
         png_compression=png_compression,
         verify=verify,
+        progress=progress,
     )
     counts = run(config, ctx.args)
     report(counts, _outputs(config.output, counts.shards))
@@ -150,6 +152,7 @@ def from_images(
         int | None, typer.Option(min=1, help="Number of shards (default: ~128 MB each).")
     ] = None,
     verify: Annotated[bool, typer.Option(help="Decode every image (else only check its signature).")] = True,
+    progress: Progress = True,
 ) -> None:
     """Labelled JPG/PNG images → TFRecords with path, jpg_bytes|png_bytes and one feature per label column."""
     from medbeam.pipelines.images_to_tfrecord import ImagesToTfrecordConfig, run
@@ -168,6 +171,7 @@ def from_images(
         png_compression=png_compression,
         num_shards=num_shards,
         verify=verify,
+        progress=progress,
     )
     try:
         counts = run(config, ctx.args)  # its ValueErrors (e.g. label columns that cannot be features): exit 2

@@ -40,11 +40,21 @@ def is_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
-def check_inputs_exist(patterns: list[str]) -> None:
-    """A named file or folder (not a glob) that does not exist is a mistake worth stopping for."""
+def check_inputs_exist(patterns: list[str], option: str = "--input") -> None:
+    """Each input pattern must match at least one file: a typo'd path, an empty folder or a glob that finds
+    nothing is a mistake worth stopping for (FileNotFoundError naming it), not a run that reports `0 in`.
+
+    One listing call per pattern, stopped at its first file (cheap on gs:// and s3:// too).
+    """
     for pattern in patterns:
-        if not is_glob(pattern) and not FileSystems.exists(pattern):
+        if not is_glob(pattern) and not has_scheme(pattern) and not os.path.exists(pattern):
             raise FileNotFoundError(f"no such input: {pattern}")
+        try:
+            found = FileSystems.match([pattern], limits=[2])[0].metadata_list
+        except Exception as exc:  # noqa: BLE001 - Beam raises when nothing matches a plain path
+            raise FileNotFoundError(f"{option} {pattern} matches no file ({type(exc).__name__}: {exc})") from None
+        if not any(not m.path.endswith("/") for m in found):
+            raise FileNotFoundError(f"{option} {pattern} matches no file")
 
 
 def open_for_read(path: str) -> BinaryIO:

@@ -40,6 +40,7 @@ from medbeam.transforms.outputs import (
     outputs_table,
     own_dir,
 )
+from medbeam.transforms.progress import ProgressTicker
 
 NAMESPACE = DECOMPRESS_NAMESPACE
 DEFAULT_MAX_RATIO = archives.DEFAULT_MAX_RATIO
@@ -63,6 +64,8 @@ class DecompressConfig:
     max_ratio: float | None = DEFAULT_MAX_RATIO
     max_output_bytes: int | None = DEFAULT_MAX_OUTPUT_BYTES
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
+    #: Progress bars on local runs (on a terminal).
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -113,7 +116,7 @@ class DecompressCounts:
         return line + runner.file_job_extras(self.rejected_by_stage, stale=self.stale_outputs_removed)
 
 
-def build(p: beam.Pipeline, config: DecompressConfig) -> None:
+def build(p: beam.Pipeline, config: DecompressConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire the decompress job into `p`."""
     regex = re.compile(config.path_sub_pattern)
     rejects_dir = config.rejects_dir
@@ -142,7 +145,7 @@ def build(p: beam.Pipeline, config: DecompressConfig) -> None:
         | "One source per output" >> beam.ParDo(ResolveFn()).with_outputs(REJECTS, main="jobs")
     )
     decompressed = resolved.jobs | "Decompress" >> beam.ParDo(
-        DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)))
+        DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)), ticker)
     ).with_outputs(WRITTEN, main="failed")
     rows = {REJECTS_TABLE: [planned[REJECTS], resolved[REJECTS], decompressed.failed] | "All rejects" >> beam.Flatten()}
     specs = [tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"))]
@@ -175,7 +178,13 @@ def run(config: DecompressConfig, beam_args: list[str] | None = None) -> Decompr
     files.check_inputs_exist(config.patterns)
     sizes = runner.listed_sizes(config.patterns, exclude_dir=config.rejects_dir)
     plan = runner.LocalPlan(lambda: runner.stream_job_seconds(sizes), workers=len(sizes))
-    result = runner.run_job(lambda p: build(p, config), beam_args, plan)
+    result = runner.run_job(
+        lambda p, tickers: build(p, config, tickers["files"]),
+        beam_args,
+        plan,
+        progress={"files": None},
+        show_progress=config.progress,
+    )
     values = runner.counters(result, NAMESPACE)
     counts = runner.counts_of(DecompressCounts, values, rejected_by_stage=runner.by_stage(values))
     runner.load_tables(config.duckdb_path, config.rejects_dir, [REJECTS_TABLE])

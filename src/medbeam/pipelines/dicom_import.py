@@ -200,12 +200,14 @@ def preflight(settings: dicomweb.DicomwebSettings) -> str | None:
 
 def run(config: ImportConfig, beam_args: list[str] | None = None) -> ImportCounts:
     """Run the import to completion, load DuckDB if asked, and return the reconciled counts."""
+    options = runner.pipeline_options(beam_args)
+    files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
     if config.preflight:
         problem = preflight(config.dicomweb)
         if problem:
             logger.warning("DICOMweb store %s: %s", config.dicomweb.url, problem)
     total = None
-    if runner.is_local_runner(runner.pipeline_options(beam_args)):  # only local runs count files in the driver
+    if runner.is_local_runner(options):  # only local runs count files in the driver
         total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
 
     def estimate() -> float:

@@ -37,9 +37,9 @@ from medbeam.imaging.codec import (
     normalize_format,
 )
 from medbeam.imaging.resize import check_resize_mode
-from medbeam.io import files
+from medbeam.io import files, tables
 from medbeam.io import tfrecord as tfr
-from medbeam.io.examples import IMAGE_FEATURES, normalize_output
+from medbeam.io.examples import IMAGE_FEATURES, normalize_output, rejects_location
 from medbeam.io.labels import (
     PATH_COLUMN,
     LabelColumn,
@@ -61,6 +61,7 @@ from medbeam.transforms.examples import (
     key_label_row,
     write_outputs,
 )
+from medbeam.transforms.progress import ProgressTicker
 
 JOB = "from-images"
 DEFAULT_PATH_REGEX = {JPG: r"(?i).*\.jpe?g", "png": r"(?i).*\.png"}
@@ -99,6 +100,8 @@ class ImagesToTfrecordConfig:
     png_compression: int = DEFAULT_PNG_COMPRESSION
     num_shards: int | None = None
     verify: bool = True
+    #: Progress bars on local runs (on a terminal).
+    progress: bool = True
     target_shard_bytes: int = tfr.DEFAULT_SHARD_BYTES
 
     def __post_init__(self) -> None:
@@ -214,6 +217,8 @@ class ImagesToTfrecordCounts:
     orphan_label_rows: int = 0
     shards: int = 0
     labelled: bool = field(default=False, repr=False)
+    #: When no label row found its image: one label path next to one image path (set by run()).
+    join_hint: str = field(default="", repr=False, compare=False)
 
     @classmethod
     def from_description(cls, doc: dict[str, Any]) -> ImagesToTfrecordCounts:
@@ -235,7 +240,24 @@ class ImagesToTfrecordCounts:
             line += f"; {self.label_rows_in} label rows, {self.orphan_label_rows} without an image" + (
                 f", {self.duplicate_label_rows} in duplicate groups" if self.duplicate_label_rows else ""
             )
+        if self.join_hint:
+            line += "\n" + self.join_hint
         return line
+
+
+def join_hint(counts: ImagesToTfrecordCounts, rejects: pa.Table) -> str:
+    """Why nothing joined, shown by example: label paths must equal the image URIs, character for character."""
+    if not counts.labelled or counts.label_rows_matched or not counts.label_rows_in:
+        return ""
+    rows = rejects.to_pylist()
+    label = next((r["uri"] for r in rows if r["error_type"] == "NoImage"), None)
+    image = next((r["uri"] for r in rows if r["error_type"] == "NoLabel"), None)
+    if label is None or image is None:
+        return ""
+    return (
+        f"none of the {counts.label_rows_in} label paths matched an image: a label path is {label!r}, an image "
+        f"path is {image!r}; the query's path column must hold the full image URI (absolute local path, gs://…)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +288,9 @@ def read_label_rows(p: beam.Pipeline, labels: LabelSource) -> beam.PCollection:
     return p | "Read labels" >> beam.io.ReadFromParquet(labels.parquet_path)
 
 
-def build(p: beam.Pipeline, config: ImagesToTfrecordConfig, labels: LabelSource | None) -> None:
+def build(
+    p: beam.Pipeline, config: ImagesToTfrecordConfig, labels: LabelSource | None, ticker: ProgressTicker | None = None
+) -> None:
     """Wire from-images into `p`; `labels` comes from resolve_labels() (None: no label join)."""
     if config.has_labels and labels is None:
         raise ValueError("the config has a label query: pass the LabelSource that resolve_labels() returns")
@@ -305,6 +329,7 @@ def build(p: beam.Pipeline, config: ImagesToTfrecordConfig, labels: LabelSource 
                 config.verify,
                 labels.columns if labels else [],
                 config.resize_mode,
+                ticker,
             )
         ).with_outputs(REJECTS, STATS, main="records")
     )
@@ -339,10 +364,20 @@ def run(
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
     options = runner.pipeline_options(beam_args)
+    files.check_inputs_exist(sorted(set(config.patterns)))
     labels = resolve_labels(config, options.view_as(GoogleCloudOptions).project, bigquery_client)
     patterns = sorted(set(config.patterns))
     plan = runner.LocalPlan(lambda: COST.seconds(sum(len(files.list_files(pattern)) for pattern in patterns)))
-    result = runner.run_job(lambda p: build(p, config, labels), beam_args, plan)
+    result = runner.run_job(
+        lambda p, tickers: build(p, config, labels, tickers["images"]),
+        beam_args,
+        plan,
+        progress={"images": None},
+        show_progress=config.progress,
+    )
     shards = len(tfr.read_description(config.output)["files"])
     values = runner.counters(result, NAMESPACE)
-    return runner.counts_of(ImagesToTfrecordCounts, values, shards=shards, labelled=labels is not None)
+    counts = runner.counts_of(ImagesToTfrecordCounts, values, shards=shards, labelled=labels is not None)
+    if counts.labelled and not counts.label_rows_matched:
+        counts.join_hint = join_hint(counts, tables.read_table(*rejects_location(config.output)))
+    return counts

@@ -35,6 +35,7 @@ from medbeam.transforms.examples import (
     file_paths,
     write_outputs,
 )
+from medbeam.transforms.progress import ProgressTicker
 
 JOB = "from-dicom-png"
 #: Single-core cost per PNG (~12 ms measured, with resize), for the local runner's choice: from ~1,000 PNGs
@@ -74,6 +75,8 @@ class PngToTfrecordConfig:
     num_shards: int | None = None
     png_compression: int = DEFAULT_PNG_COMPRESSION
     verify: bool = True
+    #: Progress bars on local runs (on a terminal).
+    progress: bool = True
     target_shard_bytes: int = tfr.DEFAULT_SHARD_BYTES
 
     def __post_init__(self) -> None:
@@ -113,7 +116,7 @@ class PngToTfrecordCounts:
 # Beam
 
 
-def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
+def build(p: beam.Pipeline, config: PngToTfrecordConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire from-dicom-png into `p`."""
     converted = (
         p
@@ -124,7 +127,9 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
         | "Spread files" >> beam.Reshuffle()
         | "To Example"
         >> beam.ParDo(
-            DicomPngToExampleFn(config.input, config.shape, config.png_compression, config.verify, config.resize_mode)
+            DicomPngToExampleFn(
+                config.input, config.shape, config.png_compression, config.verify, config.resize_mode, ticker
+            )
         ).with_outputs(REJECTS, STATS, main="records")
     )
     write_outputs(
@@ -148,8 +153,16 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig) -> None:
 
 def run(config: PngToTfrecordConfig, beam_args: list[str] | None = None) -> PngToTfrecordCounts:
     """Run from-dicom-png to completion; counts from Beam Metrics, the shard count from features.json."""
-    runner.pipeline_options(beam_args)
-    plan = runner.LocalPlan(lambda: COST.seconds(len(files.list_files(config.input + "/**"))))
-    result = runner.run_job(lambda p: build(p, config), beam_args, plan)
+    options = runner.pipeline_options(beam_args)
+    files.check_inputs_exist([config.input + "/**"])
+    listed = len(files.list_files(config.input + "/**")) if runner.is_local_runner(options) else None
+    plan = runner.LocalPlan(lambda: COST.seconds(listed or 0))
+    result = runner.run_job(
+        lambda p, tickers: build(p, config, tickers["files"]),
+        beam_args,
+        plan,
+        progress={"files": listed},
+        show_progress=config.progress,
+    )
     shards = len(tfr.read_description(config.output)["files"])
     return runner.counts_of(PngToTfrecordCounts, runner.counters(result, NAMESPACE), shards=shards)

@@ -35,6 +35,7 @@ from medbeam.transforms.outputs import (
     outputs_table,
     own_dir,
 )
+from medbeam.transforms.progress import ProgressTicker
 
 NAMESPACE = UNTAR_NAMESPACE
 DEFAULT_MAX_RATIO = archives.DEFAULT_MAX_RATIO
@@ -52,6 +53,8 @@ class UntarConfig:
     max_ratio: float | None = DEFAULT_MAX_RATIO
     max_archive_bytes: int | None = None
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
+    #: Progress bars on local runs (on a terminal).
+    progress: bool = True
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -94,7 +97,7 @@ class UntarCounts:
         )
 
 
-def build(p: beam.Pipeline, config: UntarConfig) -> None:
+def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire the untar job into `p`."""
     patterns = [files.normalize_input_pattern(i) for i in config.inputs]
     matched = match_inputs(p, patterns, config.rejects_dir)
@@ -109,6 +112,7 @@ def build(p: beam.Pipeline, config: UntarConfig) -> None:
                 config.limits,
                 config.rejects_dir,
                 files.Storage(files.s3_options_of(p.options)),
+                ticker,
             )
         ).with_outputs(REJECTS, main=WRITTEN)
     )
@@ -144,7 +148,13 @@ def run(config: UntarConfig, beam_args: list[str] | None = None) -> UntarCounts:
     files.check_inputs_exist(patterns)
     sizes = runner.listed_sizes(patterns, exclude_dir=config.rejects_dir)
     plan = runner.LocalPlan(lambda: runner.stream_job_seconds(sizes), workers=len(sizes))
-    result = runner.run_job(lambda p: build(p, config), beam_args, plan)
+    result = runner.run_job(
+        lambda p, tickers: build(p, config, tickers["archives"]),
+        beam_args,
+        plan,
+        progress={"archives": len(sizes)},
+        show_progress=config.progress,
+    )
     values = runner.counters(result, NAMESPACE)
     counts = runner.counts_of(UntarCounts, values, rejected_by_stage=runner.by_stage(values))
     runner.load_tables(config.duckdb_path, config.rejects_dir, [REJECTS_TABLE])

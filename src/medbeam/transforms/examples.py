@@ -35,6 +35,7 @@ from medbeam.io.labels import (
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, reject
 from medbeam.transforms.outputs import own_dir
+from medbeam.transforms.progress import ProgressTicker
 
 NAMESPACE = "medbeam.tfrecord"
 REJECTS, STATS = "rejects", "stats"
@@ -51,8 +52,15 @@ class DicomPngToExampleFn(beam.DoFn):
     """PNG path → (relative path, Example bytes); files elsewhere in the tree → rejects; non-PNGs skipped."""
 
     def __init__(
-        self, root: str, shape: ImageShape | None, png_compression: int, verify: bool, resize_mode: str = "stretch"
+        self,
+        root: str,
+        shape: ImageShape | None,
+        png_compression: int,
+        verify: bool,
+        resize_mode: str = "stretch",
+        ticker: ProgressTicker | None = None,
     ):
+        self._ticker = ticker or ProgressTicker(None)
         self._root = root
         self._own_dir = own_dir(root).rstrip("/") + "/"
         self._shape = shape
@@ -63,6 +71,10 @@ class DicomPngToExampleFn(beam.DoFn):
     def process(self, path: str) -> Iterator[Any]:
         if path.startswith(self._own_dir):
             return  # the export's manifest of the PNG tree: not an input, not a skipped file either
+        yield from self._convert(path)
+        self._ticker.tick()
+
+    def _convert(self, path: str) -> Iterator[Any]:
         if not path.lower().endswith(".png"):
             yield count({"files_matched": 1, "files_skipped": 1})
             return
@@ -198,7 +210,9 @@ class ImageToExampleFn(beam.DoFn):
         verify: bool,
         columns: Sequence[LabelColumn],
         resize_mode: str = "stretch",
+        ticker: ProgressTicker | None = None,
     ):
+        self._ticker = ticker or ProgressTicker(None)
         self._format = image_format
         self._feature = IMAGE_FEATURES[image_format]
         self._shape = shape
@@ -209,7 +223,10 @@ class ImageToExampleFn(beam.DoFn):
         self._resize_mode = resize_mode
 
     def process(self, element: tuple[str, dict[str, Any] | None]) -> Iterator[Any]:
-        path, row = element
+        yield from self._convert(*element)
+        self._ticker.tick()
+
+    def _convert(self, path: str, row: dict[str, Any] | None) -> Iterator[Any]:
         stage = "labels"
         try:
             labels = label_feature_values(row, self._columns) if row is not None else {}

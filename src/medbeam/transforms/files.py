@@ -18,6 +18,7 @@ from apache_beam.pvalue import TaggedOutput
 from medbeam.io import archives, files
 from medbeam.transforms.errors import reject
 from medbeam.transforms.outputs import own_dir
+from medbeam.transforms.progress import ProgressTicker
 
 UNTAR_NAMESPACE = "medbeam.untar"
 DECOMPRESS_NAMESPACE = "medbeam.decompress"
@@ -41,7 +42,9 @@ class UntarFn(beam.DoFn):
         limits: archives.Limits,
         reserved_dir: str,
         storage: files.Storage,
+        ticker: ProgressTicker | None = None,
     ):
+        self._ticker = ticker or ProgressTicker(None)
         self._output_dir = output_dir
         self._storage = storage
         self._archive_subdir = archive_subdir
@@ -59,7 +62,10 @@ class UntarFn(beam.DoFn):
         return archives.is_under(output, self._reserved_dir) or archives.is_under(output, own_dir(self._output_dir))
 
     def process(self, element: tuple[str, int]) -> Iterator[object]:
-        archive, size = element
+        yield from self._untar(*element)
+        self._ticker.tick()
+
+    def _untar(self, archive: str, size: int) -> Iterator[object]:
         self._archives_in.inc()
 
         def output_path_for(member_path: str) -> str:
@@ -213,7 +219,8 @@ class ResolveFn(beam.DoFn):
 class DecompressFn(beam.DoFn):
     """(path, size, output) → the output path (tag WRITTEN) on success; a reject otherwise (partial output deleted)."""
 
-    def __init__(self, limits: archives.Limits, storage: files.Storage):
+    def __init__(self, limits: archives.Limits, storage: files.Storage, ticker: ProgressTicker | None = None):
+        self._ticker = ticker or ProgressTicker(None)
         self._limits = limits
         self._storage = storage
         self._written = _decompress_counter("written")
@@ -222,7 +229,10 @@ class DecompressFn(beam.DoFn):
         self._bytes_out = _decompress_counter("bytes_out")
 
     def process(self, element: tuple[str, int, str]) -> Iterator[Any]:
-        path, size, output = element
+        yield from self._decompress(*element)
+        self._ticker.tick()
+
+    def _decompress(self, path: str, size: int, output: str) -> Iterator[Any]:
         try:
             _fmt, written = archives.decompress_file(path, size, output, self._limits, self._storage)
         except archives.FileJobError as exc:
