@@ -25,6 +25,7 @@ from medbeam.imaging.codec import (
     transcode,
 )
 from medbeam.io import tfrecord as tfr
+from medbeam.io.sharded import stable_shard
 
 # ---------------------------------------------------------------------------------------------------
 # Example codec
@@ -167,7 +168,7 @@ def test_shard_names_and_prefix_checks():
     assert tfr.auto_num_shards(0) == 1
     assert tfr.auto_num_shards(3 * tfr.DEFAULT_SHARD_BYTES + 1) == 4
     # A real hash: near-identical keys spread over shards (CRC32 mod 2 puts these in one shard).
-    assert len({tfr.stable_shard(f"1.2.3/4.5/1.{i}.png", 2) for i in range(8)}) == 2
+    assert len({stable_shard(f"1.2.3/4.5/1.{i}.png", 2) for i in range(8)}) == 2
 
 
 def _write(prefix: str, records: list[tuple[str, bytes]], **kwargs) -> list[str]:
@@ -195,7 +196,7 @@ def test_write_examples_is_deterministic_and_replaces_other_runs(tmp_path):
     assert [p.rsplit("/", 1)[-1] for p in auto] == ["data-00000-of-00001.tfrecord"]
     (tmp_path / "data-other-00000-of-00001.tfrecord").write_bytes(b"")  # not ours: kept
     one = _write(prefix, records[:1], num_shards=5)  # shard indexes without records are not written
-    assert len(one) == 1 and one[0].endswith(f"-0000{tfr.stable_shard('k000', 5)}-of-00005.tfrecord")
+    assert len(one) == 1 and one[0].endswith(f"-0000{stable_shard('k000', 5)}-of-00005.tfrecord")
     assert (tmp_path / "data-other-00000-of-00001.tfrecord").exists()
     with beam.Pipeline() as p:  # no record at all: no shard, old ones gone
         _ = p | beam.Create([], reshuffle=False).with_output_types(tuple[str, bytes]) | tfr.WriteExamples(prefix)

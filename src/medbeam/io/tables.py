@@ -8,11 +8,9 @@ count follows the row count, so the same input always gives the same files.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.pvalue import AsDict, PCollection
 
 from medbeam.io import files
+from medbeam.io.sharded import ShardedWrite, ShardFormat
 
 MANIFEST = "_manifest.json"
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -39,16 +38,6 @@ def manifest_path(table_dir: str, name: str) -> str:
 
 def bigquery_schema_path(table_dir: str, name: str) -> str:
     return files.join(table_dir, f"{name}.bigquery-schema.json")
-
-
-def stable_shard(key: str, num_shards: int) -> int:
-    """Same key, same shard, on every worker and every run (unlike Python's salted hash()).
-
-    A cryptographic digest, not crc32: CRC is linear, so keys that differ in one character (…/1.0.png,
-    …/1.1.png) differ by a constant and often land in the same shard modulo a small count.
-    """
-    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % num_shards
 
 
 def parquet_bytes(rows: list[dict[str, Any]], schema: pa.Schema) -> bytes:
@@ -123,62 +112,39 @@ def _table_schema(name: str, static: dict[str, pa.Schema], computed: dict[str, p
     return computed[name] if computed and name in computed else static[name]
 
 
-class _AssignShard(beam.DoFn):
-    def __init__(self, key_columns: dict[str, str], rows_per_shard: int):
-        self._key_columns = key_columns
-        self._rows_per_shard = rows_per_shard
+class _ParquetTables(ShardFormat):
+    """Rows → `{dir}/{table}/{table}-SSSSS-of-NNNNN.parquet`, sorted by the key columns; shard count follows
+    the row count; finishing writes the manifest (an empty shard for an empty table), drops stale shards
+    and writes the BigQuery schema."""
 
-    def process(self, element: tuple[str, dict[str, Any]], row_counts: dict[str, int]):
-        name, row = element
-        shard = stable_shard(str(row.get(self._key_columns[name])), _num_shards(row_counts[name], self._rows_per_shard))
-        yield (name, shard), row
-
-
-class _WriteShard(beam.DoFn):
     def __init__(
-        self, table_dirs: dict[str, str], specs: list[TableSpec], static_schemas: dict[str, pa.Schema], rows_per_shard: int
+        self, table_dirs: dict[str, str], specs: list[TableSpec], static: dict[str, pa.Schema], rows_per_shard: int
     ):
         self._table_dirs = table_dirs
         self._key_columns = {spec.name: spec.key_columns for spec in specs}
-        self._static_schemas = static_schemas
+        self._static = static
         self._rows_per_shard = rows_per_shard
 
-    def process(
-        self,
-        element: tuple[tuple[str, int], Iterable[dict[str, Any]]],
-        row_counts: dict[str, int],
-        schemas: dict[str, pa.Schema] | None = None,
-    ):
-        (name, index), rows = element
-        keys = self._key_columns[name]
-        ordered = sorted(rows, key=lambda r: tuple(str(r.get(c) or "") for c in keys))
-        path = shard_path(self._table_dirs[name], name, index, _num_shards(row_counts[name], self._rows_per_shard))
-        files.write_bytes(path, parquet_bytes(ordered, _table_schema(name, self._static_schemas, schemas)))
-        yield name, path
+    def measure(self, row: dict[str, Any]) -> int:
+        return 1
 
+    def shard_count(self, name: str, size: int) -> int:
+        return _num_shards(size, self._rows_per_shard)
 
-class _FinishTables(beam.DoFn):
-    """Per table: the manifest (and an empty shard for an empty table), stale shards dropped, the BQ schema."""
+    def key(self, name: str, row: dict[str, Any]) -> str:
+        return str(row.get(self._key_columns[name][0]))
 
-    def __init__(self, table_dirs: dict[str, str], names: list[str], static_schemas: dict[str, pa.Schema]):
-        self._table_dirs = table_dirs
-        self._names = names
-        self._static_schemas = static_schemas
+    def sort_key(self, name: str, row: dict[str, Any]) -> tuple[str, ...]:
+        return tuple(str(row.get(c) or "") for c in self._key_columns[name])
 
-    def process(
-        self,
-        _: Any,
-        written: dict[str, list[str]],
-        row_counts: dict[str, int],
-        schemas: dict[str, pa.Schema] | None = None,
-    ):
-        for name in self._names:
-            yield self._finish(name, written.get(name, []), row_counts.get(name, 0), schemas)
+    def write(self, name: str, index: int, count: int, rows: list[dict[str, Any]], side: dict[str, Any]) -> str:
+        path = shard_path(self._table_dirs[name], name, index, count)
+        files.write_bytes(path, parquet_bytes(rows, _table_schema(name, self._static, side.get("schemas"))))
+        return path
 
-    def _finish(self, name: str, written: list[str], row_count: int, schemas: dict[str, pa.Schema] | None) -> str:
-        schema = _table_schema(name, self._static_schemas, schemas)
+    def finish(self, name: str, shards: list[str], row_count: int, side: dict[str, Any]) -> str:
+        schema = _table_schema(name, self._static, side.get("schemas"))
         table_dir = self._table_dirs[name]
-        shards = sorted(written)
         if not shards:
             empty = shard_path(table_dir, name, 0, 1)
             files.write_bytes(empty, parquet_bytes([], schema))
@@ -200,10 +166,10 @@ class _FinishTables(beam.DoFn):
 class WriteTables(beam.PTransform):
     """Write dict rows as Parquet tables under one directory: `{name: rows} | WriteTables(dir, specs)`.
 
-    The tables share one count, one shuffle and one finishing step, on purpose: every transform costs
-    the DirectRunner ~20 ms per run to build and execute (measured on the 2-core machine), which small
-    runs (tests, a few files) feel; two tables written apart took 26 leaf transforms, together 14.
-    Outputs the manifest path of every table.
+    The tables share one count, one shuffle and one finishing step (io.sharded.ShardedWrite), on purpose:
+    every transform costs the DirectRunner ~20 ms per run to build and execute (measured on the 2-core
+    machine), which small runs (tests, a few files) feel; two tables written apart took 26 leaf
+    transforms, together 14. Outputs the manifest path of every table.
     """
 
     def __init__(self, table_dir: str, specs: list[TableSpec], rows_per_shard: int = DEFAULT_ROWS_PER_SHARD):
@@ -215,7 +181,6 @@ class WriteTables(beam.PTransform):
         self._rows_per_shard = rows_per_shard
 
     def expand(self, rows_by_table: dict[str, PCollection]) -> PCollection:
-        p = next(iter(rows_by_table.values())).pipeline
         names = [spec.name for spec in self._specs]
         if set(rows_by_table) != set(names):
             raise ValueError(f"WriteTables got rows for {sorted(rows_by_table)}, specs for {sorted(names)}")
@@ -227,28 +192,8 @@ class WriteTables(beam.PTransform):
         }
         schemas = self._schemas_side_input(dynamic)
 
-        tagged = [
-            rows_by_table[name] | f"Tag {name}" >> beam.Map(lambda row, n=name: (n, row)) for name in names
-        ]
-        rows = tagged[0] if len(tagged) == 1 else tagged | "All rows" >> beam.Flatten()
-        row_counts = AsDict(rows | "Count" >> beam.combiners.Count.PerKey())
-        key_columns = {spec.name: spec.key_columns[0] for spec in self._specs}
-        written = (
-            rows
-            | "Shard" >> beam.ParDo(_AssignShard(key_columns, self._rows_per_shard), row_counts)
-            | "Group" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(
-                _WriteShard(self._table_dirs, self._specs, static, self._rows_per_shard), row_counts, **schemas
-            )
-        )
-        collected = written | "Collect" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
-        return (
-            p
-            | f"{'+'.join(names)}: finish" >> beam.Impulse()
-            | "Finish" >> beam.ParDo(
-                _FinishTables(self._table_dirs, names, static), AsDict(collected), row_counts, **schemas
-            )
-        )
+        fmt = _ParquetTables(self._table_dirs, self._specs, static, self._rows_per_shard)
+        return {name: rows_by_table[name] for name in names} | "Shards" >> ShardedWrite(fmt, schemas)
 
     @staticmethod
     def _schemas_side_input(dynamic: list[TableSpec]) -> dict[str, Any]:

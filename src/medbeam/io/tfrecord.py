@@ -35,7 +35,7 @@ from apache_beam.pvalue import AsSingleton, PCollection
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from medbeam.io import files
-from medbeam.io.tables import stable_shard
+from medbeam.io.sharded import ShardedWrite, ShardFormat
 
 # ---------------------------------------------------------------------------------------------------
 # tf.train.Example, from a descriptor pool of our own
@@ -368,34 +368,36 @@ def existing_shards(prefix: str) -> list[str]:
     return [p for p in candidates if tail.match(p)]
 
 
-class _AssignShard(beam.DoFn):
-    def process(self, record: tuple[str, bytes], num_shards: int) -> Iterator[tuple[int, tuple[str, bytes]]]:
-        yield stable_shard(record[0], num_shards), record
+class _TfrecordShards(ShardFormat):
+    """(key, serialized Example) → `{prefix}-SSSSS-of-NNNNN.tfrecord`, sorted by key then bytes; the shard
+    count is given or follows the total record bytes; finishing deletes shards of other runs."""
 
-
-class _WriteShard(beam.DoFn):
-    def __init__(self, prefix: str):
+    def __init__(self, prefix: str, num_shards: int | None, target_bytes: int):
         self._prefix = prefix
+        self._num_shards = num_shards
+        self._target = target_bytes
 
-    def process(self, element: tuple[int, Iterable[tuple[str, bytes]]], num_shards: int) -> Iterator[str]:
-        index, records = element
-        ordered = sorted(records)  # by key, then bytes: the same shard content on every run
-        path = shard_path(self._prefix, index, num_shards)
-        write_records(path, (data for _, data in ordered))
-        yield path
+    def measure(self, record: tuple[str, bytes]) -> int:
+        return len(record[1])
 
+    def shard_count(self, _: str, size: int) -> int:
+        return self._num_shards if self._num_shards is not None else auto_num_shards(size, self._target)
 
-class _FinishShards(beam.DoFn):
-    """Delete shards of other runs (other counts, or indexes that got no record now); emit the shard list."""
+    def key(self, _: str, record: tuple[str, bytes]) -> str:
+        return record[0]
 
-    def __init__(self, prefix: str):
-        self._prefix = prefix
+    def sort_key(self, _: str, record: tuple[str, bytes]) -> tuple[str, bytes]:
+        return record
 
-    def process(self, written: list[str]) -> Iterator[list[str]]:
-        shards = sorted(written)
+    def write(self, _: str, index: int, count: int, records: list[tuple[str, bytes]], side: dict[str, Any]) -> str:
+        path = shard_path(self._prefix, index, count)
+        write_records(path, (data for _, data in records))
+        return path
+
+    def finish(self, _: str, shards: list[str], size: int, side: dict[str, Any]) -> list[str]:
         keep = set(shards)
         files.delete_files([p for p in existing_shards(self._prefix) if p not in keep])
-        yield shards
+        return shards
 
 
 class WriteExamples(beam.PTransform):
@@ -428,28 +430,8 @@ class WriteExamples(beam.PTransform):
         self._target = target_shard_bytes
 
     def expand(self, records: PCollection) -> PCollection:
-        if self._num_shards is not None:
-            shard_count = records.pipeline | "Shard count" >> beam.Create([self._num_shards])
-        else:
-            target = self._target
-            shard_count = (
-                records
-                | "Sizes" >> beam.Map(lambda kv: len(kv[1]))
-                | "Total bytes" >> beam.CombineGlobally(sum)
-                | "Shard count" >> beam.Map(auto_num_shards, target)
-            )
-        num_shards = AsSingleton(shard_count)
-        written = (
-            records
-            | "Assign shard" >> beam.ParDo(_AssignShard(), num_shards)
-            | "Group shards" >> beam.GroupByKey()
-            | "Write shards" >> beam.ParDo(_WriteShard(self._prefix), num_shards)
-        )
-        return (
-            written
-            | "Collect shards" >> beam.combiners.ToList()
-            | "Finish shards" >> beam.ParDo(_FinishShards(self._prefix))
-        )
+        fmt = _TfrecordShards(self._prefix, self._num_shards, self._target)
+        return {"records": records} | "Shards" >> ShardedWrite(fmt)
 
 
 class ReadExamples(beam.PTransform):

@@ -23,7 +23,8 @@ from medbeam.dicom.part10 import (
     inspect_file,
 )
 from medbeam.dicom.reader import NotDicomError
-from medbeam.io import dicomweb, files, tables
+from medbeam.io import dicomweb, files
+from medbeam.io.sharded import stable_shard
 from medbeam.io.stow import (
     DUPLICATE_IN_INPUT,
     batch_groups,
@@ -141,7 +142,7 @@ class KeyForBatching(beam.DoFn):
         self._max_instances = max_instances
 
     def process(self, ref: FileRef, instance_count: int) -> Iterator[tuple[int, FileRef]]:
-        yield tables.stable_shard(ref.sop, batch_groups(instance_count, self._max_instances)), ref
+        yield stable_shard(ref.sop, batch_groups(instance_count, self._max_instances)), ref
 
 
 class PlanBatchesFn(beam.DoFn):
