@@ -14,6 +14,7 @@ demo: $(STAMP)
 	$(VENV)/bin/medbeam demo --out demo-out
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	scripts/ensure-orthanc.sh
 	$(PY) -m pytest -q
 
