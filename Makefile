@@ -23,6 +23,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/medbeam demo --out demo-out
 
 test: $(TEST_STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 	scripts/ensure-orthanc.sh
 	$(PY) -m pytest -q
 

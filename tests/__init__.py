@@ -1,4 +1,5 @@
 import pytest
 
-# Shared fixtures live in tests.emulators (a plugin via `pytest_plugins`, and imported for its helpers).
-pytest.register_assert_rewrite("tests.emulators")
+# Shared fixtures live in tests/conftest.py and the plugins it loads (tests.emulators, tests.orthanc); test
+# modules import helpers from those and from tests.helpers, so their asserts are rewritten too.
+pytest.register_assert_rewrite("tests.emulators", "tests.orthanc", "tests.helpers")

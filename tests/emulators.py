@@ -4,7 +4,7 @@ Nothing is mocked: each emulator is a separate server process listening on 127.0
 and the code under test reaches it over HTTP through the ordinary clients (boto3 behind Beam's S3
 filesystem, google-cloud-storage behind Beam's GCS filesystem).
 
-Use from a test module with ``pytest_plugins = ["tests.emulators"]``; the fixtures yield a
+tests/conftest.py loads it as a plugin for every test module; the fixtures yield a
 :class:`BucketEmulator` with one empty bucket and the Beam pipeline arguments that reach it.
 
 * ``s3_emulator``: ``python -m moto.server``. Beam's S3 filesystem takes its endpoint and keys from
@@ -32,7 +32,6 @@ import contextlib
 import functools
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 
 BUCKET = "medbeam-test"
 #: A loopback port nothing listens on (port 1 is privileged): connections are refused at once.
@@ -149,12 +150,6 @@ def filesystem_options(beam_args: list[str] | tuple[str, ...]) -> Iterator[None]
 # Server processes
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # Loopback only, and never through a proxy the environment may name.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -187,7 +182,7 @@ class ServerProcess:
 
     def start(self, attempts: int = 3) -> ServerProcess:
         for _ in range(attempts):  # another process may take the free port before the server binds it
-            self.port = _free_port()
+            self.port = free_port()
             with open(self.log_path, "ab") as log:
                 self._proc = subprocess.Popen(
                     self._argv(self.port),
@@ -280,7 +275,7 @@ def s3_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BucketEmul
                     f"--s3_region_name={S3_REGION}",
                 ),
             )
-            emulator._s3().create_bucket(Bucket=BUCKET)
+            emulator._s3().create_bucket(Bucket=BUCKET)  # noqa: SLF001 - its own client
             yield emulator
     finally:
         server.stop()
@@ -323,7 +318,7 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BucketEmu
             mp.setenv("GCE_METADATA_IP", CLOSED_LOOPBACK)
             mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
             emulator = BucketEmulator(scheme="gs", endpoint=server.endpoint, bucket=BUCKET, beam_args=())
-            emulator._gcs().create_bucket(BUCKET)
+            emulator._gcs().create_bucket(BUCKET)  # noqa: SLF001 - its own client
             yield emulator
     finally:
         server.stop()

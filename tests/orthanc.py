@@ -7,8 +7,8 @@ here with gcc) that rewrites bind() on AF_INET/AF_INET6 to the loopback address;
 checks the result from /proc. `scripts/ensure-orthanc.sh` installs the Debian packages; without them
 (or without gcc) the DICOMweb tests are skipped with a message saying so; with CI=true they fail.
 
-Test modules load the fixtures with `pytest_plugins = ["tests.orthanc"]` (one server of each kind per
-session, shared by every module) and import the helper classes they use.
+tests/conftest.py loads the fixtures as a plugin (one server of each kind per session, shared by every
+module); test modules import the helper classes they use.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+
+from tests.helpers import free_port
 
 ORTHANC = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
@@ -86,12 +88,6 @@ def build_loopback_shim(directory: Path) -> Path:
         capture_output=True,
     )
     return library
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening_addresses(pid: int) -> list[tuple[str, int]]:
@@ -351,12 +347,6 @@ def orthanc_auth(tmp_path_factory, loopback_shim) -> Iterator[OrthancServer]:
     users = {TEST_USER: "pw-" + secrets.token_urlsafe(18)}
     with OrthancServer(tmp_path_factory.mktemp("orthanc-auth"), loopback_shim, users=users) as server:
         yield server
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port nobody listens on: a server that is down."""
-    return free_port()
 
 
 class CannedServer:

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import apache_beam as beam
 import cv2
-import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pydicom
@@ -21,12 +19,11 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
-from pydicom.data import get_testdata_file
 
 from medbeam.pipelines.dicom_export import ExportConfig, run
 from tests.emulators import SCHEMES, BucketEmulator, filesystem_options
+from tests.helpers import dicom_file, query
 
-pytest_plugins = ["tests.emulators"]
 pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 #: key under the input prefix → the test file it holds. MR_small_RLE is the same SOP instance as MR_small.
@@ -45,7 +42,7 @@ RENDERED_INSTANCES = 4
 
 
 def _corpus_bytes() -> dict[str, bytes]:
-    data = {key: Path(get_testdata_file(name)).read_bytes() for key, name in CORPUS.items()}
+    data = {key: dicom_file(name).read_bytes() for key, name in CORPUS.items()}
     data[NOT_DICOM] = b"not an image\n" * 20
     return data
 
@@ -54,7 +51,7 @@ def _headers() -> dict[str, pydicom.Dataset]:
     """SOPInstanceUID → header of the source file, to know what each PNG must look like."""
     out = {}
     for name in CORPUS.values():
-        ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+        ds = pydicom.dcmread(dicom_file(name), stop_before_pixels=True)
         out[str(ds.SOPInstanceUID)] = ds
     return out
 
@@ -62,11 +59,6 @@ def _headers() -> dict[str, pydicom.Dataset]:
 def _upload_corpus(store: BucketEmulator, prefix: str) -> dict[str, str]:
     """Upload with the store's own client; returns relative key → URI."""
     return {key: store.put(f"{prefix}/{key}", data) for key, data in _corpus_bytes().items()}
-
-
-def _query(duckdb_path: Path | str, sql: str) -> list[tuple]:
-    with duckdb.connect(str(duckdb_path), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def _decode_png(data: bytes) -> np.ndarray:
@@ -175,7 +167,7 @@ def bucket_export(request, tmp_path_factory):
 def test_bucket_export_counts_reconcile(bucket_export):
     *_, counts, duckdb_path = bucket_export
     assert counts.files_in == DICOM_FILES + 1
-    assert counts.instances == DICOM_FILES, _query(duckdb_path, "SELECT * FROM rejects ORDER BY uri")
+    assert counts.instances == DICOM_FILES, query(duckdb_path, "SELECT * FROM rejects ORDER BY uri")
     assert counts.rejected_files == 1
     assert counts.files_in == counts.instances + counts.rejected_files
     assert counts.pngs == EXPECTED_PNGS
@@ -186,17 +178,17 @@ def test_bucket_export_counts_reconcile(bucket_export):
 
 def test_bucket_export_metadata_rows_name_the_bucket_uris(bucket_export):
     store, uris, _, _, duckdb_path = bucket_export
-    paths = [p for (p,) in _query(duckdb_path, "SELECT path FROM dicom_metadata ORDER BY path")]
+    paths = [p for (p,) in query(duckdb_path, "SELECT path FROM dicom_metadata ORDER BY path")]
     assert sorted(paths) == sorted(uri for key, uri in uris.items() if key != NOT_DICOM)
     assert all(p.startswith(f"{store.scheme}://{store.bucket}/export/in/") for p in paths)
-    sizes = dict(_query(duckdb_path, "SELECT path, file_size FROM dicom_metadata"))
+    sizes = dict(query(duckdb_path, "SELECT path, file_size FROM dicom_metadata"))
     corpus = _corpus_bytes()
     assert sizes == {uris[key]: len(corpus[key]) for key in CORPUS}
 
 
 def test_bucket_export_rejects(bucket_export):
     _, uris, _, _, duckdb_path = bucket_export
-    rejects = {(uri, stage): error_type for uri, stage, error_type, _ in _query(duckdb_path, "SELECT * FROM rejects")}
+    rejects = {(uri, stage): error_type for uri, stage, error_type, _ in query(duckdb_path, "SELECT * FROM rejects")}
     assert rejects == {
         (uris[NOT_DICOM], "parse"): "NotDicomError",
         (uris["a/b/MR_small_RLE.dcm"], "duplicate"): "DuplicateInstance",  # MR_small's path sorts first
@@ -210,7 +202,7 @@ def test_bucket_export_pngs_are_in_the_bucket(bucket_export):
     assert len(keys) == EXPECTED_PNGS
     assert "export/out/png/_medbeam/outputs/_manifest.json" in store.keys("export/out/png/_medbeam/")
     expected = set()
-    for study, series, sop in _query(
+    for study, series, sop in query(
         duckdb_path, "SELECT DISTINCT StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM dicom_metadata"
     ):
         ds = headers[sop]
@@ -278,7 +270,7 @@ def test_s3_input_local_pngs_gcs_tables(s3_emulator: BucketEmulator, gcs_emulato
     )
     counts = run(config, beam_args=[*s3_emulator.beam_args, *gcs_emulator.beam_args])
     assert (counts.files_in, counts.instances, counts.rejected_files) == (DICOM_FILES + 1, DICOM_FILES, 1), (
-        _query(tmp_path / "m.duckdb", "SELECT * FROM rejects ORDER BY uri")
+        query(tmp_path / "m.duckdb", "SELECT * FROM rejects ORDER BY uri")
     )
     assert counts.pngs == EXPECTED_PNGS
 
@@ -295,9 +287,9 @@ def test_s3_input_local_pngs_gcs_tables(s3_emulator: BucketEmulator, gcs_emulato
         "mixed/tables/dicom_metadata/_manifest.json",
         "mixed/tables/dicom_metadata/dicom_metadata-00000-of-00001.parquet",
     ]
-    paths = sorted(p for (p,) in _query(tmp_path / "m.duckdb", "SELECT path FROM dicom_metadata"))
+    paths = sorted(p for (p,) in query(tmp_path / "m.duckdb", "SELECT path FROM dicom_metadata"))
     assert paths == sorted(uri for key, uri in uris.items() if key != NOT_DICOM)
-    assert _query(tmp_path / "m.duckdb", "SELECT uri, stage FROM rejects ORDER BY stage") == [
+    assert query(tmp_path / "m.duckdb", "SELECT uri, stage FROM rejects ORDER BY stage") == [
         (uris["a/b/MR_small_RLE.dcm"], "duplicate"),
         (uris[NOT_DICOM], "parse"),
     ]

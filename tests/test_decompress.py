@@ -3,36 +3,25 @@
 from __future__ import annotations
 
 import bz2
-import gzip
 import hashlib
 import lzma
 import random
 import re
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from medbeam.cli.files import app
-from medbeam.io import archives, tables
+from medbeam.io import archives
 from medbeam.io.archives import Limits
 from medbeam.pipelines.decompress import DecompressConfig, run
 from tests.emulators import BucketEmulator
+from tests.helpers import gz, read_rejects, tree, zst
 
-pytest_plugins = ["tests.emulators"]
 pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 TEXT = b"patient,label\n" + b"".join(b"p%05d,%d\n" % (i, i % 3) for i in range(5000))
-
-
-def _gz(data: bytes) -> bytes:
-    return gzip.compress(data, mtime=0)
-
-
-def _zst(data: bytes) -> bytes:
-    """One zstd frame (Arrow's codec; the zstd CLI reads it)."""
-    return pa.Codec("zstd").compress(data, asbytes=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -96,10 +85,10 @@ def test_inputs_are_prefixes_globs_or_directories(tmp_path):
 
 
 COMPRESSED = {
-    "gzip": _gz(TEXT[:1000]) + _gz(TEXT[1000:]),  # two gzip members
+    "gzip": gz(TEXT[:1000]) + gz(TEXT[1000:]),  # two gzip members
     "bzip2": bz2.compress(TEXT[:1000]) + bz2.compress(TEXT[1000:]),
     "xz": lzma.compress(TEXT),
-    "zstd": _zst(TEXT[:1000]) + _zst(TEXT[1000:]),  # two frames
+    "zstd": zst(TEXT[:1000]) + zst(TEXT[1000:]),  # two frames
 }
 
 
@@ -115,7 +104,7 @@ def test_every_format_by_magic(tmp_path, fmt):
 def test_large_output_streams_in_chunks(tmp_path):
     data = random.Random(0).randbytes(5 * archives.CHUNK_SIZE + 7)
     source = tmp_path / "big.zst"
-    source.write_bytes(_zst(data))
+    source.write_bytes(zst(data))
     out = tmp_path / "big"
     assert archives.decompress_file(str(source), source.stat().st_size, str(out), Limits())[1] == len(data)
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
@@ -126,11 +115,11 @@ def test_large_output_streams_in_chunks(tmp_path):
     [
         (b"just text", "detect", "not gzip, bzip2, xz or zstd"),
         (b"", "detect", "empty file"),
-        (_gz(TEXT)[:-100], "read", "corrupt or truncated gzip"),
-        (_gz(TEXT)[:-8] + b"\0\0\0\0" + _gz(TEXT)[-4:], "read", "CRC"),
+        (gz(TEXT)[:-100], "read", "corrupt or truncated gzip"),
+        (gz(TEXT)[:-8] + b"\0\0\0\0" + gz(TEXT)[-4:], "read", "CRC"),
         (bz2.compress(TEXT)[:200], "read", "bzip2"),
         (lzma.compress(TEXT)[:-30], "read", "xz"),
-        (_zst(TEXT)[:-30], "read", "zstd"),
+        (zst(TEXT)[:-30], "read", "zstd"),
     ],
 )
 def test_corrupt_or_unknown_input_leaves_no_output(tmp_path, data, stage, message):
@@ -145,7 +134,7 @@ def test_corrupt_or_unknown_input_leaves_no_output(tmp_path, data, stage, messag
 
 def test_bomb_is_refused_while_streaming_and_partial_output_deleted(tmp_path):
     source = tmp_path / "zeros.gz"
-    source.write_bytes(_gz(bytes(10 << 20)))  # 10 MiB of zeros in ~10 KiB
+    source.write_bytes(gz(bytes(10 << 20)))  # 10 MiB of zeros in ~10 KiB
     out = tmp_path / "zeros"
     with pytest.raises(archives.DecompressionBombError, match="more than 100:1") as info:
         archives.decompress_file(str(source), source.stat().st_size, str(out), Limits(max_ratio=100))
@@ -166,18 +155,18 @@ def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("compressed")
     (root / "sub").mkdir()
     files = {
-        "a.csv.gz": _gz(TEXT),
+        "a.csv.gz": gz(TEXT),
         "b.csv.bz2": bz2.compress(TEXT),
         "c.csv.xz": lzma.compress(TEXT),
-        "sub/d.csv.zst": _zst(TEXT),
+        "sub/d.csv.zst": zst(TEXT),
         "sub/e.gz": bz2.compress(b"bzip2 behind a .gz name"),  # by magic bytes
         "plain.gz": b"not compressed at all",  # detect reject
-        "truncated.gz": _gz(TEXT)[:-50],  # read reject
-        "bomb.gz": _gz(bytes(10 << 20)),  # bomb reject with max_ratio=100
-        "g.gz": _gz(b"g from gz"),  # g.bz2 and g.gz both want "g": g.bz2 (first) wins
+        "truncated.gz": gz(TEXT)[:-50],  # read reject
+        "bomb.gz": gz(bytes(10 << 20)),  # bomb reject with max_ratio=100
+        "g.gz": gz(b"g from gz"),  # g.bz2 and g.gz both want "g": g.bz2 (first) wins
         "g.bz2": bz2.compress(b"g from bz2"),
-        "h.gz.gz": _gz(_gz(b"h")),  # → h.gz: in place that is another input (refused); relocated it is fine
-        "h.gz": _gz(b"h"),
+        "h.gz.gz": gz(gz(b"h")),  # → h.gz: in place that is another input (refused); relocated it is fine
+        "h.gz": gz(b"h"),
         "readme.txt": b"not selected by the pattern",
     }
     for name, data in files.items():
@@ -188,14 +177,6 @@ def corpus(tmp_path_factory) -> Path:
 SELECTED = 12
 WRITTEN = ["a.csv", "b.csv", "c.csv", "g", "h", "h.gz", "sub/d.csv", "sub/e"]
 REJECTED = {"detect": 1, "read": 1, "bomb": 1, "collision": 1}
-
-
-def _rejects(rejects_dir) -> list[dict]:
-    return tables.read_table(str(rejects_dir), "rejects").to_pylist()
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -211,32 +192,32 @@ def test_job_counts_reconcile(relocated):
     assert counts.files_in == counts.written + counts.rejected
     assert counts.rejected_by_stage == REJECTED
     assert counts.bytes_out == 4 * len(TEXT) + len(b"bzip2 behind a .gz name") + len(b"g from bz2") + len(b"h") + len(
-        _gz(b"h")
+        gz(b"h")
     )
     assert counts.summary() == "12 files in, 8 written, 4 rejected (1 bomb, 1 collision, 1 detect, 1 read)"
-    assert len(_rejects(config.rejects_dir)) == counts.rejected
+    assert len(read_rejects(config.rejects_dir)) == counts.rejected
 
 
 def test_job_outputs_and_rejects(relocated, corpus):
     config, _counts, out = relocated
-    tree = _tree(out)
-    assert sorted(k for k in tree if not k.startswith("_medbeam/")) == WRITTEN
-    assert tree["a.csv"] == tree["sub/d.csv"] == TEXT and tree["g"] == b"g from bz2" and tree["h"] == b"h"
+    files = tree(out)
+    assert sorted(k for k in files if not k.startswith("_medbeam/")) == WRITTEN
+    assert files["a.csv"] == files["sub/d.csv"] == TEXT and files["g"] == b"g from bz2" and files["h"] == b"h"
     assert config.rejects_dir == f"{out}/_medbeam"
-    by_uri = {r["uri"]: r for r in _rejects(config.rejects_dir)}
+    by_uri = {r["uri"]: r for r in read_rejects(config.rejects_dir)}
     assert by_uri[f"{corpus}/bomb.gz"]["stage"] == "bomb"
     assert by_uri[f"{corpus}/plain.gz"]["stage"] == "detect"
     assert by_uri[f"{corpus}/truncated.gz"]["stage"] == "read"
     assert "which was kept" in by_uri[f"{corpus}/g.gz"]["message"]
-    assert tree["h.gz"] == _gz(b"h")
+    assert files["h.gz"] == gz(b"h")
     assert not (out / "bomb").exists() and not (out / "truncated").exists()
 
 
 def test_job_rerun_is_idempotent(relocated):
     config, counts, out = relocated
-    before = _tree(out)
+    before = tree(out)
     assert run(config) == counts
-    assert _tree(out) == before
+    assert tree(out) == before
 
 
 def test_job_in_place_with_the_original_flags(corpus, tmp_path):
@@ -250,9 +231,9 @@ def test_job_in_place_with_the_original_flags(corpus, tmp_path):
     assert (counts.files_in, counts.written, counts.rejected) == (4, 2, 2)  # b.csv.bz2 is not selected
     assert counts.rejected_by_stage == {"read": 1, "collision": 1}
     assert (work / "a.csv").read_bytes() == TEXT and (work / "h").read_bytes() == b"h"
-    assert (work / "h.gz").read_bytes() == _gz(b"h")  # not overwritten by h.gz.gz
+    assert (work / "h.gz").read_bytes() == gz(b"h")  # not overwritten by h.gz.gz
     assert config.rejects_dir == str(work / "_medbeam")
-    by_uri = {r["uri"]: r for r in _rejects(config.rejects_dir)}
+    by_uri = {r["uri"]: r for r in read_rejects(config.rejects_dir)}
     assert "another input of this run" in by_uri[f"{work}/h.gz.gz"]["message"]
     assert run(config) == counts  # the rejects table under the input is not an input
 
@@ -290,9 +271,9 @@ def test_cli_prints_counts(corpus, tmp_path):
 
 def test_object_store(store: BucketEmulator, tmp_path):
     prefix = "decompress-test"
-    store.put(f"{prefix}/raw/a.csv.gz", _gz(TEXT))
-    store.put(f"{prefix}/raw/deep/b.csv.zst", _zst(TEXT))
-    store.put(f"{prefix}/raw/bomb.gz", _gz(bytes(10 << 20)))
+    store.put(f"{prefix}/raw/a.csv.gz", gz(TEXT))
+    store.put(f"{prefix}/raw/deep/b.csv.zst", zst(TEXT))
+    store.put(f"{prefix}/raw/bomb.gz", gz(bytes(10 << 20)))
     config = DecompressConfig(inputs=[store.uri(prefix, "raw")], max_ratio=100)  # a prefix, in place
     counts = run(config, list(store.beam_args))
     assert (counts.files_in, counts.written, counts.rejected) == (3, 2, 1)
@@ -313,13 +294,13 @@ def test_rerun_with_other_inputs_removes_only_the_previous_runs_outputs(tmp_path
     first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
     first.mkdir()
     second.mkdir()
-    (first / "a.csv.gz").write_bytes(_gz(b"a"))
-    (first / "b.csv.gz").write_bytes(_gz(b"b"))
-    (second / "a.csv.gz").write_bytes(_gz(b"A"))
+    (first / "a.csv.gz").write_bytes(gz(b"a"))
+    (first / "b.csv.gz").write_bytes(gz(b"b"))
+    (second / "a.csv.gz").write_bytes(gz(b"A"))
     run(DecompressConfig(inputs=[str(first) + "/"], output_dir=str(out)))
     (out / "mine.txt").write_bytes(b"not medbeam's")
     counts = run(DecompressConfig(inputs=[str(second) + "/"], output_dir=str(out)))
-    assert {k: v for k, v in _tree(out).items() if not k.startswith("_medbeam/")} == {
+    assert {k: v for k, v in tree(out).items() if not k.startswith("_medbeam/")} == {
         "a.csv": b"A",
         "mine.txt": b"not medbeam's",
     }

@@ -9,18 +9,15 @@ import json
 import logging
 import pickle
 import time
-from pathlib import Path
 
 import pydicom
 import pytest
 
-pytest.register_assert_rewrite("tests.orthanc")
 from medbeam.io import dicomweb as dw
+from tests.helpers import TEST_FILES
 from tests.orthanc import CannedServer, FlakyProxy
 
-pytest_plugins = ["tests.orthanc"]  # fixtures orthanc, orthanc_auth, closed_port: one of each per session
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+# orthanc, orthanc_auth (one of each per session) and closed_port come from tests/conftest.py
 FAST = dw.RetryPolicy(attempts=4, backoff_s=0.02, max_backoff_s=0.1)
 SAMPLES = ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "JPEG2000.dcm", "image_dfl.dcm"]
 

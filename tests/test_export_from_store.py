@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import duckdb
@@ -13,24 +12,17 @@ from pydicom.uid import generate_uid
 from medbeam.io.dicomweb import DicomwebSettings
 from medbeam.pipelines import dicom_import as di
 from medbeam.pipelines.dicom_export import ExportConfig, run
+from tests.helpers import dicom_file, digests
 
-pytest_plugins = ["tests.orthanc"]
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-
-
-def _data_store() -> Path:
-    import data_store
-
-    return Path(data_store.__file__).parent / "data"
+# orthanc (one per session, shared with other modules) comes from tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
     """Real files given UIDs of their own, so nothing else in the shared Orthanc can stand in for them."""
     root = tmp_path_factory.mktemp("store-corpus")
-    sources = [TEST_FILES / "CT_small.dcm", TEST_FILES / "MR_small_RLE.dcm", TEST_FILES / "rtplan.dcm",
-               _data_store() / "SC_rgb.dcm", _data_store() / "emri_small.dcm", _data_store() / "JPEG-LL.dcm"]
+    names = ["CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm", "SC_rgb.dcm", "emri_small.dcm", "JPEG-LL.dcm"]
+    sources = [dicom_file(name) for name in names]
     studies = []
     for i, source in enumerate(sources):
         ds = pydicom.dcmread(source)
@@ -43,8 +35,8 @@ def corpus(tmp_path_factory) -> tuple[Path, list[str]]:
     return root, studies
 
 
-def _digests(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.png"))}
+def _import_config(root: Path, settings: DicomwebSettings, parquet_dir: Path) -> di.ImportConfig:
+    return di.ImportConfig(inputs=[str(root)], dicomweb=settings, parquet_dir=str(parquet_dir), progress=False)
 
 
 def _rows(duckdb_path: Path) -> list[tuple]:
@@ -55,7 +47,7 @@ def _rows(duckdb_path: Path) -> list[tuple]:
 def test_store_export_matches_direct_export(corpus, orthanc, tmp_path):
     root, studies = corpus
     settings = DicomwebSettings.from_options(orthanc.dicomweb_url)
-    imported = di.run(di.ImportConfig(inputs=[str(root)], dicomweb=settings, parquet_dir=str(tmp_path / "imp"), progress=False), [])
+    imported = di.run(_import_config(root, settings, tmp_path / "imp"), [])
     assert imported.rejected_files == 0
 
     direct = run(ExportConfig(inputs=[str(root)], png_dir=str(tmp_path / "direct" / "png"),
@@ -65,7 +57,7 @@ def test_store_export_matches_direct_export(corpus, orthanc, tmp_path):
 
     assert (store.files_in, store.instances, store.pngs, store.rejected_files) == (6, 6, direct.pngs, 0)
     assert direct.pngs == 1 + 1 + 1 + 10 + 1
-    assert _digests(tmp_path / "store" / "png") == _digests(tmp_path / "direct" / "png")
+    assert digests(tmp_path / "store" / "png", "*.png") == digests(tmp_path / "direct" / "png", "*.png")
     assert _rows(tmp_path / "store" / "m.duckdb") == _rows(tmp_path / "direct" / "m.duckdb")
     with duckdb.connect(str(tmp_path / "store" / "m.duckdb"), read_only=True) as con:
         paths = [p for (p,) in con.execute("SELECT path FROM dicom_metadata").fetchall()]
@@ -75,6 +67,6 @@ def test_store_export_matches_direct_export(corpus, orthanc, tmp_path):
 def test_study_filter_limits_the_export(corpus, orthanc, tmp_path):
     root, studies = corpus
     settings = DicomwebSettings.from_options(orthanc.dicomweb_url)
-    di.run(di.ImportConfig(inputs=[str(root)], dicomweb=settings, parquet_dir=str(tmp_path / "imp"), progress=False), [])
+    di.run(_import_config(root, settings, tmp_path / "imp"), [])
     counts = run(ExportConfig(dicomweb=settings, studies=studies[:1], parquet_dir=str(tmp_path / "t"), progress=False))
     assert counts.instances == 1 and counts.rejected_files == 0

@@ -16,14 +16,18 @@ from typer.testing import CliRunner
 from medbeam.cli import app
 from medbeam.io import tables
 from medbeam.pipelines.dicom_export import ExportConfig, run
+from tests.helpers import TEST_FILES
 
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 RTDOSE_SOP = "1.9.999.999.99.9.9999.9999.20030818153516"
 
 
 def _export(inputs: list[Path], out: Path, **kwargs):
     config = ExportConfig(
-        inputs=[str(i) for i in inputs], png_dir=str(out / "png"), duckdb_path=str(out / "m.duckdb"), progress=False, **kwargs
+        inputs=[str(i) for i in inputs],
+        png_dir=str(out / "png"),
+        duckdb_path=str(out / "m.duckdb"),
+        progress=False,
+        **kwargs,
     )
     return run(config, [])
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
-import shutil
 from pathlib import Path
 
 import cv2
@@ -17,35 +14,25 @@ from typer.testing import CliRunner
 from medbeam.cli import app
 from medbeam.io import tables
 from medbeam.pipelines.dicom_export import ExportConfig, run
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-
-
-def _data_store() -> Path:
-    import data_store
-
-    return Path(data_store.__file__).parent / "data"
+from tests.helpers import copy_dicom, digests, write_unusable_files
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     """9 files: 6 renderable instances (one copied twice), a non-image, 2 non-DICOM, 1 with truncated pixels."""
     root = tmp_path_factory.mktemp("corpus")
-    (root / "a" / "b").mkdir(parents=True)
-    shutil.copy(TEST_FILES / "CT_small.dcm", root / "a" / "CT_small.dcm")
-    shutil.copy(TEST_FILES / "MR_small.dcm", root / "a" / "b" / "MR_small")  # no extension: found by content
-    shutil.copy(TEST_FILES / "MR_small_RLE.dcm", root / "a" / "b" / "MR_small_RLE.dcm")  # same SOP instance
-    shutil.copy(_data_store() / "SC_rgb.dcm", root / "SC_rgb.dcm")
-    shutil.copy(_data_store() / "emri_small.dcm", root / "emri_small.dcm")  # 10 frames
-    shutil.copy(TEST_FILES / "rtplan.dcm", root / "rtplan.dcm")  # no pixels: row, no PNG, no reject
-    (root / "notes.txt").write_text("not an image\n" * 20)
-    (root / "fake.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\xff" * 300)
-    ds = pydicom.dcmread(TEST_FILES / "CT_small.dcm")
-    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.999"
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    data = buffer.getvalue()
-    (root / "truncated.dcm").write_bytes(data[: len(data) - 20000])
+    copy_dicom(
+        {
+            "a/CT_small.dcm": "CT_small.dcm",
+            "a/b/MR_small": "MR_small.dcm",  # no extension: found by content
+            "a/b/MR_small_RLE.dcm": "MR_small_RLE.dcm",  # same SOP instance
+            "SC_rgb.dcm": "SC_rgb.dcm",
+            "emri_small.dcm": "emri_small.dcm",  # 10 frames
+            "rtplan.dcm": "rtplan.dcm",  # no pixels: row, no PNG, no reject
+        },
+        root,
+    )
+    write_unusable_files(root)  # notes.txt, fake.dcm, truncated.dcm (pixels cut off)
     return root
 
 
@@ -74,11 +61,7 @@ def _query(out: Path, sql: str) -> list[tuple]:
 
 def _digests(root: Path) -> dict[str, str]:
     """Every file's digest, but for table manifests: they name their shards by absolute path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.suffix != ".duckdb" and p.name != tables.MANIFEST
-    }
+    return digests(root, skip=lambda p: p.suffix == ".duckdb" or p.name == tables.MANIFEST)
 
 
 def test_counts_reconcile(exported):
@@ -98,18 +81,20 @@ def test_rejects_table_says_where_and_why(exported, corpus):
     rejects = {(Path(uri).name, stage): (etype, msg) for uri, stage, etype, msg in _query(out, "SELECT * FROM rejects")}
     assert set(rejects) == {
         ("notes.txt", "parse"),
-        ("fake.dcm", "parse") if ("fake.dcm", "parse") in rejects else ("fake.dcm", "read"),
+        ("fake.dcm", "parse"),  # 'DICM' then garbage: read, but not as DICOM
         ("truncated.dcm", "pixels"),
         ("MR_small_RLE.dcm", "duplicate"),
     }
     assert rejects[("notes.txt", "parse")][0] == "NotDicomError"
+    assert rejects[("fake.dcm", "parse")][0] == "NotDicomError"
     assert "MR_small" in rejects[("MR_small_RLE.dcm", "duplicate")][1]
     assert all(msg for _, msg in rejects.values())
 
 
 def test_metadata_rows_and_pngs(exported, corpus):
     out, _, _ = exported
-    rows = _query(out, "SELECT path, Modality, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID FROM dicom_metadata ORDER BY path")
+    columns = "path, Modality, StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID"
+    rows = _query(out, f"SELECT {columns} FROM dicom_metadata ORDER BY path")
     assert len(rows) == 7
     assert all(path.startswith(str(corpus)) for path, *_ in rows)
     png_root = out / "png"
@@ -200,12 +185,15 @@ def test_tfrecord_prefix_writes_the_rendered_pngs_as_examples(corpus, exported, 
     assert counts.pngs == 13 and not (tmp_path / "png").exists()
     doc = tfrecord.read_description(prefix)
     assert doc["records"] == 13
-    records = [tfrecord.decode_example(r) for f in doc["files"] for r in tfrecord.read_records(str(tmp_path / "tf" / f))]
+    records = [
+        tfrecord.decode_example(r) for f in doc["files"] for r in tfrecord.read_records(str(tmp_path / "tf" / f))
+    ]
     frames = {}
     for r in records:
         study, series, sop = (r[k].values[0].decode() for k in ("study", "series", "instance"))
         frame = r["frame"].values[0]
         frames[(sop, frame)] = r["png_bytes"].values[0]
-        expected = out / "png" / study / series / (f"{sop}.png" if frame == 1 and (out / "png" / study / series / f"{sop}.png").exists() else f"{sop}/{frame:04d}.png")
+        single = out / "png" / study / series / f"{sop}.png"
+        expected = single if frame == 1 and single.exists() else out / "png" / study / series / sop / f"{frame:04d}.png"
         assert r["png_bytes"].values[0] == expected.read_bytes()
     assert len(frames) == 13

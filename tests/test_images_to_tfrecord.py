@@ -4,7 +4,6 @@ resizing, counts that reconcile, reruns, the BigQuery wiring, the CLI, and gs://
 from __future__ import annotations
 
 import decimal
-import hashlib
 import json
 from pathlib import Path
 
@@ -36,8 +35,7 @@ from medbeam.pipelines.images_to_tfrecord import (
     run,
 )
 from tests.emulators import BucketEmulator, filesystem_options
-
-pytest_plugins = ["tests.emulators"]
+from tests.helpers import digests
 
 
 def _jpg(h: int, w: int, grey: bool = False, seed: int = 0) -> bytes:
@@ -109,14 +107,6 @@ def _records(prefix: str) -> dict[str, dict[str, tfr.FeatureValue]]:
             d = tfr.decode_example(data)
             out[d["path"].values[0].decode()] = d
     return out
-
-
-def _digests(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -220,9 +210,9 @@ def test_features_json_spec(labelled):
 
 def test_rerun_gives_identical_files(labelled):
     _, out, config, _ = labelled
-    before = _digests(out)
+    before = digests(out)
     run(config, [])
-    assert _digests(out) == before
+    assert digests(out) == before
 
 
 def test_png_without_labels_keeps_channels_and_applies_the_regex(tmp_path):
@@ -380,7 +370,8 @@ def test_bigquery_labels_are_wired_to_read_from_bigquery(tmp_path):
 
     p.visit(Visitor())
     assert len(found) == 1
-    assert found[0]._kwargs["query"] == sql and found[0]._kwargs["use_standard_sql"] is True
+    kwargs = found[0]._kwargs  # noqa: SLF001 - what ReadFromBigQuery was given
+    assert kwargs["query"] == sql and kwargs["use_standard_sql"] is True
     assert [s.name for s in images.feature_specs(config, labels)] == ["path", "jpg_bytes", "label"]
     with pytest.raises(ValueError, match="resolve_labels"):
         images.build(beam.Pipeline(), config, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-from pathlib import Path
 
 import pyarrow as pa
 import pydicom
@@ -24,8 +23,7 @@ from medbeam.dicom.metadata import (
 )
 from medbeam.dicom.reader import NotDicomError, read_dataset
 from medbeam.io.tables import bigquery_schema
-
-TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+from tests.helpers import TEST_FILES
 
 
 def _roundtrip(ds: Dataset) -> Dataset:
@@ -99,7 +97,11 @@ def test_person_name_is_a_struct_of_its_three_groups():
     ds.OperatorsName = ["Smith^John", "Doe^Jane"]  # PN, VM 1-n
     row = _row(ds)
     assert row.types["PatientName"] == PERSON_NAME_TYPE
-    assert row.values["PatientName"] == {"Alphabetic": "Yamada^Tarou", "Ideographic": "山田^太郎", "Phonetic": "やまだ^たろう"}
+    assert row.values["PatientName"] == {
+        "Alphabetic": "Yamada^Tarou",
+        "Ideographic": "山田^太郎",
+        "Phonetic": "やまだ^たろう",
+    }
     assert row.types["OperatorsName"] == pa.list_(PERSON_NAME_TYPE)
     assert [n["Alphabetic"] for n in row.values["OperatorsName"]] == ["Smith^John", "Doe^Jane"]
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import shutil
+import dataclasses
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from pydicom.data import get_testdata_file
 from typer.testing import CliRunner
 
 from medbeam.cli.tfrecord import app
@@ -24,8 +22,7 @@ from medbeam.io.examples import (
 )
 from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig, run
 from tests.emulators import BucketEmulator, filesystem_options
-
-pytest_plugins = ["tests.emulators"]
+from tests.helpers import copy_dicom, dicom_file, digests
 
 STUDY, SERIES = "1.2.840.1", "1.2.840.1.2"
 
@@ -89,14 +86,6 @@ def _records(prefix: str) -> dict[tuple, dict[str, tfr.FeatureValue]]:
     return out
 
 
-def _digests(directory: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def resized(tmp_path_factory):
     root = _write_tree(tmp_path_factory.mktemp("png"))
@@ -158,10 +147,16 @@ def test_features_json_describes_the_dataset(resized):
 
 
 def test_rerun_writes_identical_files_and_no_shape_keeps_the_bytes(resized, tmp_path):
-    root, out, config, _ = resized
-    before = _digests(out)
+    # Its own output, not `resized`'s: the pass-through run below replaces what it finds, and the other
+    # tests read `resized`'s records (32x32, 2 shards) in whatever order they run.
+    root, _, fixture_config, _ = resized
+    out = tmp_path / "out"
+    out.mkdir()
+    config = dataclasses.replace(fixture_config, output=str(out / "dicom"))
     run(config, [])
-    assert _digests(out) == before
+    before = digests(out)
+    run(config, [])
+    assert digests(out) == before
 
     passthrough = PngToTfrecordConfig(input=str(root), output=config.output)  # auto shards, no resize
     counts = run(passthrough, [])
@@ -236,10 +231,8 @@ def test_export_then_convert(tmp_path):
     from medbeam.pipelines.dicom_export import ExportConfig
     from medbeam.pipelines.dicom_export import run as export
 
-    src = tmp_path / "dcm"
-    src.mkdir()
-    for name in ("CT_small.dcm", "emri_small.dcm"):  # emri_small has 10 frames
-        shutil.copy(get_testdata_file(name), src / name)
+    names = ("CT_small.dcm", "emri_small.dcm")  # emri_small has 10 frames
+    src = copy_dicom({name: name for name in names}, tmp_path / "dcm")
     export(
         ExportConfig(
             inputs=[str(src)], png_dir=str(tmp_path / "png"), parquet_dir=str(tmp_path / "pq"), progress=False
@@ -306,7 +299,7 @@ def test_export_manifest_is_not_an_input(tmp_path):
     from medbeam.pipelines.dicom_export import run as export
 
     png_dir = tmp_path / "png"
-    export(ExportConfig(inputs=[get_testdata_file("CT_small.dcm")], png_dir=str(png_dir),
+    export(ExportConfig(inputs=[str(dicom_file("CT_small.dcm"))], png_dir=str(png_dir),
                         parquet_dir=str(tmp_path / "t"), progress=False))  # fmt: skip
     assert (png_dir / "_medbeam").is_dir()
     counts = run(PngToTfrecordConfig(input=str(png_dir), output=str(tmp_path / "o" / "d")), [])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import pathlib
 import warnings
 
 import cv2
@@ -39,14 +38,7 @@ from medbeam.dicom.render import (
 )
 from medbeam.imaging.encode import encode_png
 from medbeam.imaging.resize import resize_image
-
-PYDICOM_FILES = pathlib.Path(pydicom.__file__).parent / "data" / "test_files"
-try:
-    import data_store
-
-    DATA_STORE_FILES: pathlib.Path | None = pathlib.Path(data_store.__file__).parent / "data"
-except ImportError:  # pydicom-data is an optional (demo) dependency
-    DATA_STORE_FILES = None
+from tests.helpers import dicom_file
 
 
 @pytest.fixture(autouse=True)
@@ -61,18 +53,8 @@ def _quiet_pydicom():
     logger.setLevel(level)
 
 
-def test_file(name: str) -> pathlib.Path:
-    for folder in (PYDICOM_FILES, DATA_STORE_FILES):
-        if folder is not None and (folder / name).exists():
-            return folder / name
-    pytest.skip(f"{name} is not installed (pydicom test files / pydicom-data)")
-
-
-test_file.__test__ = False  # a helper, not a test
-
-
 def read(name: str, **kwargs) -> Dataset:
-    return pydicom.dcmread(test_file(name), **kwargs)
+    return pydicom.dcmread(dicom_file(name), **kwargs)
 
 
 def make_dataset(
@@ -697,7 +679,7 @@ def test_non_image_dataset_has_no_pixel_data():
 def test_has_pixel_data_does_not_load_deferred_pixels():
     ds = read("MR_small.dcm", defer_size=256)
     assert has_pixel_data(ds)
-    assert ds._dict[0x7FE00010].value is None  # still deferred (get_item would read it)
+    assert ds._dict[0x7FE00010].value is None  # noqa: SLF001 - still deferred (get_item would read it)
     assert only_frame(ds).shape == (64, 64)
 
 
@@ -765,7 +747,8 @@ def test_minmax_window_ignores_a_pixel_padding_range():
 
 def test_header_window_fallback_ignores_pixel_padding():
     ds, inside = _padded_ct()  # no WindowCenter/Width: "header" falls back to min-max
-    assert np.array_equal(only_frame(ds, RenderOptions(window="header")), only_frame(ds, RenderOptions(window="minmax")))
+    header, minmax = only_frame(ds, RenderOptions(window="header")), only_frame(ds, RenderOptions(window="minmax"))
+    assert np.array_equal(header, minmax)
     assert only_frame(ds)[inside].min() == 0
 
 

@@ -20,6 +20,7 @@ from medbeam.pipelines.images_to_tfrecord import ImagesToTfrecordConfig
 from medbeam.pipelines.images_to_tfrecord import run as run_images
 from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig
 from medbeam.pipelines.png_to_tfrecord import run as run_png
+from tests.helpers import copy_dicom
 
 
 @pytest.fixture(scope="module")
@@ -220,18 +221,10 @@ def test_missing_tensorflow_fails_under_ci(tmp_path):
 
 def test_tensorflow_reads_direct_from_dicom_export(tf, tmp_path):
     """`medbeam dicom export --tfrecord-prefix`: the records hold exactly the PNGs the export writes."""
-    import shutil
-
-    import pydicom
-
     from medbeam.pipelines.dicom_export import ExportConfig
     from medbeam.pipelines.dicom_export import run as run_export
 
-    test_files = Path(pydicom.__file__).parent / "data" / "test_files"
-    corpus = tmp_path / "dicom"
-    corpus.mkdir()
-    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm"):
-        shutil.copy(test_files / name, corpus / name)
+    corpus = copy_dicom({name: name for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm")}, tmp_path / "dicom")
     prefix = str(tmp_path / "tf" / "direct")
     png_dir = tmp_path / "png"
     counts = run_export(

@@ -8,24 +8,22 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import hashlib
 import io
 import lzma
 import tarfile
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from medbeam.cli.files import app
-from medbeam.io import archives, tables
+from medbeam.io import archives
 from medbeam.io.archives import Limits
 from medbeam.pipelines.untar import UntarConfig, run
 from tests.emulators import BucketEmulator
+from tests.helpers import digests, gz, read_rejects, tree, zst
 
-pytest_plugins = ["tests.emulators"]
 pytestmark = pytest.mark.usefixtures("restore_filesystem_options")
 
 GOOD = {"scans/p1/a.png": b"\x89PNG" + b"a" * 3000, "scans/p2/b.png": b"\x89PNG" + b"b" * 5000, "labels.csv": b"x,y\n"}
@@ -54,19 +52,14 @@ def tar_bytes(members: dict[str, bytes] | list[tuple[tarfile.TarInfo, bytes | No
 
 def compress(data: bytes, fmt: str) -> bytes:
     if fmt == "gz":
-        return gzip.compress(data, mtime=0)
+        return gz(data)
     if fmt == "bz2":
         return bz2.compress(data)
     if fmt == "xz":
         return lzma.compress(data)
     if fmt == "zst":
-        return _zst(data)
+        return zst(data)
     return data
-
-
-def _zst(data: bytes) -> bytes:
-    """One zstd frame (Arrow's codec; the zstd CLI reads it)."""
-    return pa.Codec("zstd").compress(data, asbytes=True)
 
 
 ATTACKS: list[tuple[tarfile.TarInfo, bytes | None]] = [
@@ -105,11 +98,8 @@ def _untar_local(archive: Path, out: Path, limits: Limits | None = None, reserve
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and "_medbeam" not in p.parts
-    }
+    """The members written under `root` (not the job's own `_medbeam/` tables)."""
+    return tree(root, skip_medbeam=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -307,16 +297,6 @@ WRITTEN = 5 * len(GOOD) + len(GOOD) + 2
 REJECTED = ATTACK_REJECTS + 1 + 1  # hostile members, the truncated archive, readme.txt
 
 
-def _rejects(rejects_dir: Path | str) -> list[dict]:
-    return tables.read_table(str(rejects_dir), "rejects").to_pylist()
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
-    }
-
-
 @pytest.fixture(scope="module")
 def untarred(archive_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("untarred") / "out"
@@ -331,7 +311,7 @@ def test_job_counts_reconcile(untarred):
     assert counts.dirs_skipped == 1 and counts.collisions == 1
     assert counts.bytes_written == sum(len(v) for v in _tree(out).values()) + 3
     assert counts.summary().startswith(f"{ARCHIVES} archives in, {WRITTEN} members written, {REJECTED} rejected (")
-    rows = _rejects(config.rejects_dir)
+    rows = read_rejects(config.rejects_dir)
     assert len([r for r in rows if r["stage"] != "collision"]) == REJECTED
     with duckdb.connect(config.duckdb_path) as con:
         assert con.execute("select count(*) from rejects").fetchone()[0] == len(rows)
@@ -339,20 +319,20 @@ def test_job_counts_reconcile(untarred):
 
 def test_job_writes_members_by_member_path(untarred, archive_dir):
     _config, _counts, out = untarred
-    tree = _tree(out)
+    files = _tree(out)
     for fmt in ["plain", "gz", "bz2", "xz", "zst"]:
         for name, data in GOOD.items():
-            assert tree[f"{fmt}/{name}"] == data
+            assert files[f"{fmt}/{name}"] == data
     for name, data in GOOD.items():
-        assert tree[name] == data  # hostile.tgz's good members
-    assert tree["shared/same.txt"] in (b"one", b"two")
-    assert not any(k.startswith("c/") for k in tree)  # the corrupt archive's members never completed
+        assert files[name] == data  # hostile.tgz's good members
+    assert files["shared/same.txt"] in (b"one", b"two")
+    assert not any(k.startswith("c/") for k in files)  # the corrupt archive's members never completed
     assert sorted(p.name for p in out.parent.iterdir()) == ["out", "r.duckdb"]  # nothing escaped
 
 
 def test_job_rejects_name_archive_and_member(untarred, archive_dir):
     config, _counts, _out = untarred
-    by_uri = {r["uri"]: r for r in _rejects(config.rejects_dir)}
+    by_uri = {r["uri"]: r for r in read_rejects(config.rejects_dir)}
     hostile = f"{archive_dir}/hostile.tgz"
     assert by_uri[f"{hostile}!../escape"]["stage"] == "unsafe"
     assert by_uri[f"{hostile}!/etc/evil"]["message"].startswith("absolute path")
@@ -366,10 +346,10 @@ def test_job_rejects_name_archive_and_member(untarred, archive_dir):
 
 def test_job_rerun_is_idempotent(untarred):
     config, counts, out = untarred
-    before = _digest(out)
+    before = digests(out)
     again = run(config)
     assert again == counts
-    after = _digest(out)
+    after = digests(out)
     same = {k: v for k, v in after.items() if k != "shared/same.txt"}
     assert same == {k: v for k, v in before.items() if k != "shared/same.txt"}  # same files, same bytes, same rejects
 
@@ -379,9 +359,9 @@ def test_job_archive_subdir(archive_dir, tmp_path):
                          archive_subdir=True)  # fmt: skip
     counts = run(config)
     assert (counts.archives_in, counts.members_written, counts.rejected, counts.collisions) == (7, 17, 0, 0)
-    tree = _tree(tmp_path / "o")
-    assert tree["set_zst/zst/labels.csv"] == GOOD["labels.csv"]
-    assert tree["dup1/shared/same.txt"] == b"one" and tree["dup2/shared/same.txt"] == b"two"
+    files = _tree(tmp_path / "o")
+    assert files["set_zst/zst/labels.csv"] == GOOD["labels.csv"]
+    assert files["dup1/shared/same.txt"] == b"one" and files["dup2/shared/same.txt"] == b"two"
 
 
 def test_job_bomb_guard_is_configurable(tmp_path):

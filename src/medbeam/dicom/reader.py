@@ -74,9 +74,10 @@ def read_dataset(fp: BinaryIO, *, defer_size: int | None = DEFER_SIZE) -> FileDa
             ds = pydicom.dcmread(fp, defer_size=defer_size, force=not has_dicm_prefix(head))
         except InvalidDicomError as exc:
             raise NotDicomError(str(exc)) from exc
-    if not any(tag.group > 0x0002 for tag in ds.keys()):
+    # ds.keys(), not ds: iterating a pydicom Dataset yields its elements (and would read deferred values).
+    if not any(tag.group > 0x0002 for tag in ds.keys()):  # noqa: SIM118
         raise NotDicomError("no DICOM attribute could be read after the file meta group (truncated or corrupt)")
-    if not any(is_standard_attribute(tag) for tag in ds.keys()):
+    if not any(is_standard_attribute(tag) for tag in ds.keys()):  # noqa: SIM118
         raise NotDicomError(
             "no standard DICOM attribute after the file meta group (no SOP Class/Instance UID, study, series "
             "or any other): the bytes after 'DICM' are not a dataset"

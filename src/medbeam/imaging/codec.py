@@ -177,8 +177,9 @@ def transcode(
 
     Without a shape the bytes come back unchanged, after a full decode when `verify` (else only the file
     signature is checked). `resize_mode` (stretch, pad, crop: see medbeam.imaging.resize) says how an
-    image of another aspect ratio reaches the shape; padding is black. Raises FormatMismatchError or ImageDecodeError for bad input; ValueError from
-    the encoder (e.g. a 16-bit image asked to become JPEG cannot happen: JPEG input is 8-bit).
+    image of another aspect ratio reaches the shape; padding is black. Raises FormatMismatchError or
+    ImageDecodeError for bad input; ValueError from the encoder (e.g. a 16-bit image asked to become JPEG
+    cannot happen: JPEG input is 8-bit).
     """
     fmt = normalize_format(fmt)
     check_format(data, fmt)

@@ -98,7 +98,8 @@ def expand_dicomweb_url(value: str) -> tuple[str, bool]:
     """
     text = value.strip()
     names = text.strip("/").removesuffix("/dicomWeb").split("/")
-    if names[0] == "projects" and len(names) == 8 and names[::2] == ["projects", "locations", "datasets", "dicomStores"]:
+    healthcare_path = ["projects", "locations", "datasets", "dicomStores"]
+    if names[0] == "projects" and len(names) == 8 and names[::2] == healthcare_path:
         return str(GoogleCloudHealthcareURL(*names[1::2])), True
     parts = urlsplit(text)
     if "@" in parts.netloc:
@@ -376,9 +377,11 @@ class DicomwebClient(DICOMwebClient):
     def __init__(self, settings: DicomwebSettings, session: requests.Session):
         self._last = threading.local()
         timeout = (settings.connect_timeout_s, settings.read_timeout_s)
-        super().__init__(settings.url, session=session, timeout=timeout, permissive_uid=True, callback=self._note_answer)
+        super().__init__(
+            settings.url, session=session, timeout=timeout, permissive_uid=True, callback=self._note_answer
+        )
         self.set_http_retry_params(retry=False)
-        self._secrets, self._user = settings._secrets(), settings.user
+        self._secrets, self._user = settings._secrets(), settings.user  # noqa: SLF001 - our own settings class
 
     def _note_answer(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
         # PS3.18 8.3.4.4: a server that returns fewer matches than exist says so in a Warning header.
@@ -506,7 +509,8 @@ def _send(client: DICOMwebClient, method: str, url: str, ok: Iterable[int] = (),
     """One hand-made request through the client's session (its auth and retries); statuses ≥ 400 not in
     `ok` raise DicomwebError with the server's reason."""
     with _errors(client):
-        response = client._session.request(method, url, timeout=client._timeout, **kwargs)
+        # The library's session and timeout (private attributes: pinned by the dicomweb-client version range).
+        response = client._session.request(method, url, timeout=client._timeout, **kwargs)  # noqa: SLF001
         if response.status_code not in set(ok):
             response.raise_for_status()
     return response
@@ -692,7 +696,7 @@ def retrieve_instance_bytes(client: DICOMwebClient, study: str, series: str, sop
     status = response.status_code
     if response.headers.get("Content-Type", "").lower().startswith("multipart/related"):
         try:
-            parts = list(client._decode_multipart_message(response, stream=False))
+            parts = list(client._decode_multipart_message(response, stream=False))  # noqa: SLF001
         except ValueError as exc:
             raise DicomwebError(status, f"unreadable multipart answer: {exc}", "GET", url) from None
     else:
@@ -744,7 +748,7 @@ def store_instances_bytes(client: DICOMwebClient, blobs: Sequence[bytes]) -> Sto
     # again, so the store would not get the files' own bytes; and its answer keeps no per-instance
     # FailureReason. The body is made by the library's multipart encoder.
     content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
-    body = DICOMwebClient._encode_multipart_message(blobs, content_type)
+    body = DICOMwebClient._encode_multipart_message(blobs, content_type)  # noqa: SLF001
     url = f"{client.base_url}/studies"
     headers = {"Content-Type": content_type, "Accept": _JSON_ACCEPT}
     response = _send(client, "POST", url, ok=(409,), headers=headers, data=body)
