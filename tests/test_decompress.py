@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medbeam.cli.files import app
-from medbeam.io import archives
+from medbeam.io import archives, files
 from medbeam.io.archives import Limits
 from medbeam.pipelines.decompress import DecompressConfig, run
 from tests.emulators import BucketEmulator
@@ -67,11 +67,11 @@ def test_check_substitution():
 def test_inputs_are_prefixes_globs_or_directories(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "f.gz").write_bytes(b"")
-    assert archives.prefix_pattern("gs://b/raw/p1") == "gs://b/raw/p1**"
-    assert archives.prefix_pattern("gs://b/raw/") == "gs://b/raw/**"
-    assert archives.prefix_pattern("s3://b/raw/*.gz") == "s3://b/raw/*.gz"
-    assert archives.prefix_pattern(str(tmp_path / "d")) == str(tmp_path / "d" / "**")
-    assert archives.prefix_pattern(str(tmp_path / "f.gz")) == str(tmp_path / "f.gz")
+    assert files.input_pattern("gs://b/raw/p1", remote="prefix") == "gs://b/raw/p1**"
+    assert files.input_pattern("gs://b/raw/", remote="prefix") == "gs://b/raw/**"
+    assert files.input_pattern("s3://b/raw/*.gz", remote="prefix") == "s3://b/raw/*.gz"
+    assert files.input_pattern(str(tmp_path / "d"), remote="prefix") == str(tmp_path / "d" / "**")
+    assert files.input_pattern(str(tmp_path / "f.gz"), remote="prefix") == str(tmp_path / "f.gz")
     assert archives.input_base("gs://b/raw/") == "gs://b/raw/"
     assert archives.input_base("gs://b/raw") == "gs://b/"
     assert archives.input_base("gs://b/raw/*/x*.gz") == "gs://b/raw/"

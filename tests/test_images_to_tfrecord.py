@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from medbeam.cli.tfrecord import app
 from medbeam.imaging.codec import decode_image, sniff_format
-from medbeam.io import tables
+from medbeam.io import files, tables
 from medbeam.io import tfrecord as tfr
 from medbeam.io.examples import rejects_location
 from medbeam.io.labels import (
@@ -391,8 +391,9 @@ def test_config_validation(tmp_path):
     ]:
         with pytest.raises(ValueError, match=message):
             ImagesToTfrecordConfig(**{**base, **bad})
-    assert images.input_pattern("gs://b/jpgs") == "gs://b/jpgs/**" == images.input_pattern("gs://b/jpgs/")
-    assert images.input_pattern("s3://b/x/*.jpg") == "s3://b/x/*.jpg"
+    folder = files.input_pattern("gs://b/jpgs", "folder")
+    assert folder == "gs://b/jpgs/**" == files.input_pattern("gs://b/jpgs/", "folder")
+    assert files.input_pattern("s3://b/x/*.jpg", "folder") == "s3://b/x/*.jpg"
 
 
 # ---------------------------------------------------------------------------------------------------

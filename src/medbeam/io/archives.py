@@ -226,25 +226,6 @@ def member_output_path(output_dir: str, member_path: str, archive: str | None = 
     return files.join(output_dir, member_path)
 
 
-def prefix_pattern(path: str) -> str:
-    """An input of `files decompress` → a match pattern.
-
-    Globs are used as they are; a directory (local, or ending in '/') means every file below it; any
-    other URI is a prefix, as in Google's decompress_gcs.py (`gs://b/raw/p1` matches `gs://b/raw/p10/x`);
-    a local path that is neither a file nor a directory is a prefix too.
-    """
-    if files.is_glob(path):
-        return files.normalize_input_pattern(path)
-    if files.has_scheme(path):
-        return path + "**"
-    local = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(local):
-        return os.path.join(local, "**")
-    if os.path.isfile(local):
-        return local
-    return local + "**"
-
-
 def input_base(path: str) -> str:
     """The directory that an input's relative paths start from, with a trailing '/'.
 

@@ -19,14 +19,33 @@ def join(base: str, *parts: str) -> str:
     return FileSystems.join(base.rstrip("/") if has_scheme(base) else base, *parts)
 
 
-def normalize_input_pattern(pattern: str) -> str:
-    """A directory (local, or a URI ending in '/') means every file under it, recursively."""
-    if has_scheme(pattern):
-        return pattern + "**" if pattern.endswith("/") else pattern
-    pattern = os.path.abspath(os.path.expanduser(pattern))
-    if os.path.isdir(pattern):
-        return os.path.join(pattern, "**")
-    return pattern
+#: What a remote input that is neither a glob nor ends in '/' means: one object ("file", the export and
+#: import), a folder ("folder", `tfrecord from-images`: gs://b/jpgs is a directory of images) or a
+#: prefix ("prefix", `files decompress` as Google's decompress_gcs.py: gs://b/raw/p1 matches …/p10/x).
+INPUT_MODES = ("file", "folder", "prefix")
+
+
+def input_pattern(value: str, remote: str = "file") -> str:
+    """The one input normaliser: an --input (file, folder, glob; local, gs://, s3://) → a match pattern.
+
+    Globs are kept (local ones made absolute); a folder (local, or a URI ending in '/') means every file
+    below it, recursively; a local file is itself; a local path that does not exist stays as it is, or is
+    a prefix in "prefix" mode; a remote URI without glob or '/' is read as `remote` says (INPUT_MODES).
+    """
+    if remote not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {', '.join(INPUT_MODES)}, got {remote!r}")
+    if has_scheme(value):
+        if is_glob(value):
+            return value
+        if value.endswith("/"):
+            return value + "**"
+        return {"file": value, "folder": value + "/**", "prefix": value + "**"}[remote]
+    local = os.path.abspath(os.path.expanduser(value))
+    if is_glob(value) or os.path.isfile(local):
+        return local
+    if os.path.isdir(local):
+        return os.path.join(local, "**")
+    return local + "**" if remote == "prefix" else local
 
 
 def parent_dir(path: str) -> str:

@@ -87,7 +87,7 @@ class DecompressConfig:
 
     @property
     def patterns(self) -> list[str]:
-        return [archives.prefix_pattern(i) for i in self.inputs]
+        return [files.input_pattern(i, remote="prefix") for i in self.inputs]
 
     @property
     def bases(self) -> list[str]:

@@ -150,7 +150,7 @@ def build(
         else None
     )
     if config.dicomweb is None:
-        patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+        patterns = [files.input_pattern(i) for i in config.inputs]
         instances = (
             p
             | "Patterns" >> beam.Create(patterns)
@@ -254,7 +254,7 @@ def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
 def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCounts:
     """Run the export to completion, load DuckDB if asked, and return the reconciled counts."""
     options = runner.pipeline_options(beam_args)
-    files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
+    files.check_inputs_exist([files.input_pattern(i) for i in config.inputs])
     config.check_output_locations()
     if config.dicomweb is not None:  # a wrong URL or a closed port: one clear DicomwebError, before the run
         from medbeam.io.dicomweb import check_connection
@@ -266,7 +266,7 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
             client.session.close()
     matches: set[tuple[str, int]] = set()
     if runner.is_local_runner(options):  # the listing is for the local choice and the progress total only
-        matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.normalize_input_pattern(i))}
+        matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.input_pattern(i))}
     total = len(matches) if config.inputs and matches else None
     two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
     stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}

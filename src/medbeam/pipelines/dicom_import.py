@@ -142,7 +142,7 @@ def build(
     store_ticker: ProgressTicker | None = None,
 ) -> None:
     """Wire the import into `p`."""
-    patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+    patterns = [files.input_pattern(i) for i in config.inputs]
     matched = (
         p
         | "Patterns" >> beam.Create(patterns)
@@ -201,14 +201,14 @@ def preflight(settings: dicomweb.DicomwebSettings) -> str | None:
 def run(config: ImportConfig, beam_args: list[str] | None = None) -> ImportCounts:
     """Run the import to completion, load DuckDB if asked, and return the reconciled counts."""
     options = runner.pipeline_options(beam_args)
-    files.check_inputs_exist([files.normalize_input_pattern(i) for i in config.inputs])
+    files.check_inputs_exist([files.input_pattern(i) for i in config.inputs])
     if config.preflight:
         problem = preflight(config.dicomweb)
         if problem:
             logger.warning("DICOMweb store %s: %s", config.dicomweb.url, problem)
     total = None
     if runner.is_local_runner(options):  # only local runs count files in the driver
-        total = sum(len(files.list_files(files.normalize_input_pattern(i))) for i in config.inputs)
+        total = sum(len(files.list_files(files.input_pattern(i))) for i in config.inputs)
 
     def estimate() -> float:
         # Several batches are sent from AUTO_THREADS threads (the work waits on the server, not the CPU):

@@ -144,16 +144,7 @@ class ImagesToTfrecordConfig:
 
     @property
     def patterns(self) -> list[str]:
-        return [input_pattern(i) for i in self.inputs]
-
-
-def input_pattern(value: str) -> str:
-    """A glob stays; a local directory or a gs:// / s3:// prefix means everything under it, recursively."""
-    if files.is_glob(value):
-        return value if files.has_scheme(value) else os.path.abspath(os.path.expanduser(value))
-    if files.has_scheme(value):
-        return value.rstrip("/") + "/**"
-    return files.normalize_input_pattern(value)
+        return [files.input_pattern(i, remote="folder") for i in self.inputs]
 
 
 def labels_parquet_path(prefix: str) -> str:

@@ -99,7 +99,7 @@ class UntarCounts:
 
 def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire the untar job into `p`."""
-    patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+    patterns = [files.input_pattern(i) for i in config.inputs]
     matched = match_inputs(p, patterns, config.rejects_dir)
     untarred = (
         matched
@@ -143,7 +143,7 @@ def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None =
 
 def run(config: UntarConfig, beam_args: list[str] | None = None) -> UntarCounts:
     """Run the untar job to completion, load DuckDB if asked, and return the reconciled counts."""
-    patterns = [files.normalize_input_pattern(i) for i in config.inputs]
+    patterns = [files.input_pattern(i) for i in config.inputs]
     runner.pipeline_options(beam_args)
     files.check_inputs_exist(patterns)
     sizes = runner.listed_sizes(patterns, exclude_dir=config.rejects_dir)
