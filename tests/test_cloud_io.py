@@ -293,3 +293,24 @@ def test_s3_input_local_pngs_gcs_tables(s3_emulator: BucketEmulator, gcs_emulato
         (uris["a/b/MR_small_RLE.dcm"], "duplicate"),
         (uris[NOT_DICOM], "parse"),
     ]
+
+
+def test_gs_without_credentials_fails_fast_saying_how_to_authenticate(tmp_path, monkeypatch):
+    import time
+
+    from medbeam.io import files
+    from tests.helpers import free_port
+
+    closed = f"127.0.0.1:{free_port()}"
+    for name in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "no-gcloud"))  # no gcloud login either
+    monkeypatch.setenv("GCE_METADATA_HOST", closed)  # not on Google Cloud: the metadata server is not there
+    monkeypatch.setenv("GCE_METADATA_IP", closed)
+    start = time.monotonic()
+    with pytest.raises(files.CredentialsError, match="gcloud auth application-default login") as error:
+        files.check_inputs_exist(["gs://bucket/raw/**"])
+    assert "STORAGE_EMULATOR_HOST" in str(error.value)
+    assert time.monotonic() - start < 30
+    with pytest.raises(files.CredentialsError):
+        files.check_writable_dir("gs://bucket/out", "--png-dir")

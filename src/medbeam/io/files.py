@@ -59,12 +59,44 @@ def is_glob(pattern: str) -> bool:
     return any(c in _GLOB_CHARS for c in pattern)
 
 
+class CredentialsError(ValueError):
+    """A cloud store used without the credentials it needs: found before any work starts."""
+
+
+GCS_HELP = (
+    "gs:// needs Google credentials: run `gcloud auth application-default login`, or set "
+    "GOOGLE_APPLICATION_CREDENTIALS to a service-account key file; for a local emulator set "
+    "STORAGE_EMULATOR_HOST=http://127.0.0.1:PORT"
+)
+
+
+def check_gcs_credentials(paths: list[str]) -> None:
+    """Fail fast, with how to authenticate, when gs:// is used without credentials.
+
+    Why: without Application Default Credentials Beam's GCS client retries for minutes before it fails
+    with a credentials traceback. google-auth answers in seconds (it gives up on the metadata server
+    quickly off Google Cloud). An emulator (STORAGE_EMULATOR_HOST) takes anonymous requests: no check.
+    """
+    if not any(p.startswith("gs://") for p in paths) or os.environ.get("STORAGE_EMULATOR_HOST"):
+        return
+    try:
+        import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
+    except ImportError:
+        raise CredentialsError("gs:// needs the gcp extra: pip install 'medbeam[gcp]'") from None
+    try:
+        google.auth.default()
+    except DefaultCredentialsError:
+        raise CredentialsError(GCS_HELP) from None
+
+
 def check_inputs_exist(patterns: list[str], option: str = "--input") -> None:
     """Each input pattern must match at least one file: a typo'd path, an empty folder or a glob that finds
     nothing is a mistake worth stopping for (FileNotFoundError naming it), not a run that reports `0 in`.
 
     One listing call per pattern, stopped at its first file (cheap on gs:// and s3:// too).
     """
+    check_gcs_credentials(patterns)
     for pattern in patterns:
         if not is_glob(pattern) and not has_scheme(pattern) and not os.path.exists(pattern):
             raise FileNotFoundError(f"no such input: {pattern}")
@@ -149,6 +181,7 @@ def check_writable_dir(path: str, option: str) -> None:
     regular file, fails here rather than on every image). gs:// and s3://: a probe object is written and
     deleted, which checks the bucket and the credentials.
     """
+    check_gcs_credentials([path])
     probe = join(path, _PROBE_NAME)
     try:
         if not has_scheme(path):
