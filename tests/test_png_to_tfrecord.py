@@ -121,7 +121,7 @@ def test_records_have_googles_features_plus_frame_and_the_requested_shape(resize
 def test_rejects_say_where_and_why(resized):
     _, out, config, _ = resized
     table_dir, name = rejects_location(config.output)
-    assert (table_dir, name) == (str(out), "dicom_rejects")
+    assert (table_dir, name) == (str(out / "dicom_tables"), "rejects")  # the one rejects convention
     rows = {r["uri"].rsplit("/", 1)[-1]: r for r in tables.read_table(table_dir, name).to_pylist()}
     assert set(rows) == {"stray.png", "cut.png", "jpeg.png"}
     assert (rows["stray.png"]["stage"], rows["stray.png"]["error_type"]) == ("path", "LayoutError")
@@ -142,7 +142,7 @@ def test_features_json_describes_the_dataset(resized):
     assert specs["png_bytes"]["image"] == {
         "format": "png", "height": 32, "width": 32, "channels": 1, "resize_mode": "stretch"
     }
-    assert doc["rejects"] == "dicom_rejects/_manifest.json"
+    assert doc["rejects"] == "dicom_tables/rejects/_manifest.json"
     assert doc["counts"]["rejected"] == 3
 
 
@@ -263,7 +263,7 @@ def test_bucket_input_and_output(fixture, request):
         records = _records(config.output)
     assert doc["files"] and all(f"{base}/tf/{name}" in keys for name in doc["files"])
     assert all(name.endswith("-of-00002.tfrecord") for name in doc["files"])
-    assert f"{base}/tf/dicom_rejects/_manifest.json" in keys
+    assert f"{base}/tf/dicom_tables/rejects/_manifest.json" in keys
     assert len(records) == 6
     assert all(decode_image(r["png_bytes"].values[0]).shape[:2] == (16, 16) for r in records.values())
 

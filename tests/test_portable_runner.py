@@ -224,7 +224,7 @@ def test_images_to_tfrecord_with_a_label_query(tmp_path):
     _assert_same_outputs(
         tmp_path / "default",
         tmp_path / "portable",
-        {"train.features.json", "train.labels.parquet", "train_rejects/_manifest.json"},
+        {"train.features.json", "train.labels.parquet", "train_tables/rejects/_manifest.json"},
     )
     # Which of the 2 shards get records depends on the hash of the (temporary) image paths.
     assert list((tmp_path / "default").glob("train-0000[01]-of-00002.tfrecord"))

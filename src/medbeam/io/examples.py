@@ -82,10 +82,15 @@ def normalize_output(prefix: str) -> str:
     return prefix if files.has_scheme(prefix) else os.path.abspath(os.path.expanduser(prefix))
 
 
+def tables_dir(prefix: str) -> str:
+    """A dataset's own table folder, ``{prefix}_tables/``: one per dataset, so train and valid never mix."""
+    return f"{prefix}_tables"
+
+
 def rejects_location(prefix: str) -> tuple[str, str]:
-    """(table_dir, table name) of a dataset's rejects table: ``{prefix}_rejects/``."""
-    directory, _, base = prefix.rpartition("/")
-    return (directory or "."), f"{base}_rejects"
+    """(table_dir, table name) of a dataset's rejects table: ``{prefix}_tables/rejects/``, named `rejects`
+    as in every job."""
+    return tables_dir(prefix), "rejects"
 
 
 def record_stats(features: dict[str, Any]) -> dict[str, int]:

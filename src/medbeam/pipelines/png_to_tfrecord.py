@@ -9,7 +9,7 @@ Input layout (what the export writes): ``{study}/{series}/{sop}.png`` for single
 ``study``, ``series``, ``instance`` (the SOPInstanceUID) and ``png_bytes`` like Google's records, plus
 ``frame`` (int64, 1-based; 1 for single-frame instances), so multi-frame instances stay joinable to the
 metadata table by SOPInstanceUID. Outputs: ``{output}-SSSSS-of-NNNNN.tfrecord``,
-``{output}.features.json``, and the rejects table under ``{output}_rejects/``.
+``{output}.features.json``, and the rejects table under ``{output}_tables/rejects/``.
 """
 
 from __future__ import annotations
