@@ -42,3 +42,40 @@ def test_thresholds_are_set_on_glibc_and_left_alone_elsewhere(monkeypatch):
 def test_the_users_choice_stands(monkeypatch, variable, value):
     monkeypatch.setenv(variable, value)
     assert worker._apply() is False  # noqa: SLF001 - the uncached tuning itself
+
+
+def test_c_stderr_is_captured_on_a_terminal_and_left_alone_elsewhere():
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from medbeam.worker import c_stderr_captured\n"
+        "with c_stderr_captured() as read:\n"
+        "    os.write(2, b'Invalid number of tiles\\n')\n"
+        "    print('captured:', repr(read()))\n"
+    )
+    # stderr a pipe (a log, a cluster): nothing captured, the text reaches stderr as before
+    piped = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Invalid number of tiles" in piped.stderr and "captured: ''" in piped.stdout
+    # stderr a terminal: the text is handed back to the caller instead of drawn among the progress bars
+    main, secondary = pty.openpty()
+    try:
+        on_tty = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=secondary, text=True)
+        os.close(secondary)
+        secondary = None
+        leaked = b""
+        os.set_blocking(main, False)
+        try:
+            leaked = os.read(main, 4096)
+        except (BlockingIOError, OSError):
+            pass
+    finally:
+        if secondary is not None:
+            os.close(secondary)
+        os.close(main)
+    assert on_tty.returncode == 0
+    assert "captured: 'Invalid number of tiles'" in on_tty.stdout
+    assert b"Invalid number of tiles" not in leaked

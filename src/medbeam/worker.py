@@ -10,12 +10,17 @@ buffers in the process for the next element (at most a few hundred MB per arena 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
 import logging
 import os
 import platform
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 
 _log = logging.getLogger(__name__)
 
@@ -74,3 +79,36 @@ def quiet_pydicom() -> None:
 
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+
+
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def c_stderr_captured() -> Iterator[Callable[[], str]]:
+    """Capture what C libraries write straight to file descriptor 2 while decoding.
+
+    Why: openjpeg (inside pylibjpeg-openjpeg and GDCM) prints messages such as "Invalid number of tiles"
+    to stderr even when another decoder then succeeds; on a terminal that is noise among the progress
+    bars. The text is not lost: the caller gets it back (`read()`), logs it at DEBUG and adds it to the
+    error when no decoder succeeds. One capture at a time (the descriptor is process-wide), and only when
+    stderr is a terminal: on a cluster or in a log file nobody is disturbed, and many decoding threads of
+    one worker must not wait for each other.
+    """
+    if not os.isatty(2):
+        yield lambda: ""
+        return
+    with _STDERR_LOCK, tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+
+        def read() -> str:
+            sink.seek(0)
+            return sink.read().decode("utf-8", "replace").strip()
+
+        try:
+            yield read
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)

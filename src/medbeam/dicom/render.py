@@ -17,6 +17,7 @@ straight from the buffer with ``np.frombuffer`` (read-only view, same values as 
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from collections.abc import Callable
@@ -45,6 +46,9 @@ from medbeam.imaging.resize import (
     pad_image,
     plan_resize,
 )
+from medbeam.worker import c_stderr_captured
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "RenderError",
@@ -222,17 +226,23 @@ def _decode(ds: Dataset) -> tuple[np.ndarray, dict[str, Any]]:
         )
 
     failures: list[str] = []
-    for plugin in (*PREFERRED_PLUGINS.get(tsyntax, ()), ""):
-        if plugin and plugin not in decoder.available_plugins:
-            continue
-        try:
-            arr, properties = decoder.as_array(ds, decoding_plugin=plugin, **as_pixel_options(ds))
-            break
-        except Exception as exc:  # noqa: BLE001 - try the next plugin, report all failures
-            failures.append(f"{plugin or 'pydicom default plugins'}: {type(exc).__name__}: {exc}")
-    else:
-        reasons = "; ".join(failures)
+    decoded = None
+    with c_stderr_captured() as printed_by_decoders:  # openjpeg's "Invalid number of tiles…" and the like
+        for plugin in (*PREFERRED_PLUGINS.get(tsyntax, ()), ""):
+            if plugin and plugin not in decoder.available_plugins:
+                continue
+            try:
+                decoded = decoder.as_array(ds, decoding_plugin=plugin, **as_pixel_options(ds))
+                break
+            except Exception as exc:  # noqa: BLE001 - try the next plugin, report all failures
+                failures.append(f"{plugin or 'pydicom default plugins'}: {type(exc).__name__}: {exc}")
+        printed = printed_by_decoders()
+    if printed:
+        logger.debug("decoders printed while decoding %s: %s", tsyntax.name, printed)
+    if decoded is None:
+        reasons = "; ".join(failures) + (f"; the decoders printed: {printed[:500]}" if printed else "")
         raise RenderError(f"cannot decode {tsyntax.name} pixel data: {reasons}")
+    arr, properties = decoded
 
     samples = int(properties["samples_per_pixel"])
     if arr.ndim == (2 if samples == 1 else 3):

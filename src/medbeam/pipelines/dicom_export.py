@@ -140,6 +140,7 @@ def build(
     *,
     parse_ticker: ProgressTicker | None = None,
     render_ticker: ProgressTicker | None = None,
+    candidate_ticker: ProgressTicker | None = None,
 ) -> None:
     """Wire the export into `p`."""
     storage = files.Storage(files.s3_options_of(p.options))
@@ -178,6 +179,7 @@ def build(
                 parse_ticker or ProgressTicker(None),
                 opener,
                 inline_renderer,
+                candidate_ticker,
             )
         ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
@@ -269,11 +271,19 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.input_pattern(i))}
     total = len(matches) if config.inputs and matches else None
     two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
-    stages = {"headers": total, "rendered": None} if two_passes else {"instances": total}
+    stages: dict[str, int | str | None] = {"instances": total}
+    if two_passes:  # the render bar's total: the render candidates found so far by the header pass
+        stages = {"headers": total, "rendered": "render candidates"}
     first = next(iter(stages))
 
     def build_with(p: beam.Pipeline, tickers: dict) -> None:
-        build(p, config, parse_ticker=tickers[first], render_ticker=tickers.get("rendered"))
+        build(
+            p,
+            config,
+            parse_ticker=tickers[first],
+            render_ticker=tickers.get("rendered"),
+            candidate_ticker=tickers.get("render candidates"),
+        )
 
     plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
     result = runner.run_job(build_with, beam_args, plan, progress=stages, show_progress=config.progress)

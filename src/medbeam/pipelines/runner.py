@@ -102,13 +102,14 @@ def run_job(
     build: Callable[..., None],
     beam_args: list[str] | None,
     local: LocalPlan | None = None,
-    progress: Mapping[str, int | None] | None = None,
+    progress: Mapping[str, int | str | None] | None = None,
     show_progress: bool = True,
 ) -> beam.runners.runner.PipelineResult:
     """Build and run one pipeline to completion.
 
-    `build(p)` wires the job; with `progress` (stage name → total or None) it is called as
-    `build(p, tickers)` with a ProgressTicker per stage, drawn as bars on local runs (on a terminal).
+    `build(p)` wires the job; with `progress` (stage name → total, None, or the name of a ticker that counts
+    the total) it is called as `build(p, tickers)` with a ProgressTicker per name, drawn as bars on local
+    runs (on a terminal).
     """
     beam_args = list(beam_args or [])
     options = pipeline_options(beam_args)
@@ -124,7 +125,7 @@ def run_job(
             if progress is None:
                 build(pipeline)
             else:
-                build(pipeline, {name: monitor.ticker(name) for name in stages})
+                build(pipeline, {name: monitor.ticker(name) for name in monitor.paths})
             result = pipeline.run()
             result.wait_until_finish()
     return result

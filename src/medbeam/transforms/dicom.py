@@ -124,9 +124,11 @@ class ParseDicomFn(beam.DoFn):
         ticker: ProgressTicker,
         opener: FileOpener | None = None,
         inline_renderer: Renderer | None = None,
+        candidate_ticker: ProgressTicker | None = None,
     ):
         self._want_images = want_images
         self._ticker = ticker
+        self._candidate_ticker = candidate_ticker or ProgressTicker(None)
         self._opener = opener or FileOpener()
         self._inline_renderer = inline_renderer
         self._files_in = Metrics.counter(NAMESPACE, "files_in")
@@ -174,6 +176,7 @@ class ParseDicomFn(beam.DoFn):
             key = instance_key(ds, path)
             if self._inline_renderer is None:
                 yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
+                self._candidate_ticker.tick()
                 return
         except ValueError as exc:  # row kept, PNG impossible: a pixel-stage reject
             self._pixel_errors.inc()
@@ -236,7 +239,7 @@ class RenderInstanceFn(beam.DoFn):
                 return
             yield from self._no_copy_renders(key, candidates, failures)
         finally:
-            self._ticker.tick()
+            self._ticker.tick(len(candidates))  # one per candidate file, as the bar's total counts them
 
     def _render(self, path: str) -> list[bytes]:
         with self._opener.open(path) as fp:
