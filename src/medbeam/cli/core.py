@@ -202,6 +202,14 @@ def _dicomweb_errors() -> tuple[type[BaseException], ...]:
     return (module.DicomwebError,) if module is not None else ()
 
 
+def _job_failures() -> tuple[type[BaseException], ...]:
+    """The runner's JobFailed, when a pipeline has been imported (never imported just for this)."""
+    import sys
+
+    module = sys.modules.get("medbeam.pipelines.runner")
+    return (module.JobFailed,) if module is not None else ()
+
+
 class Command(TyperCommand):
     """A medbeam command: its callback runs inside the one error path."""
 
@@ -216,6 +224,8 @@ class Command(TyperCommand):
         except _dicomweb_errors() as exc:
             store = ctx.meta.get(DICOMWEB_STORE)
             fail(f"{store}: {exc}" if store else str(exc), code=1)
+        except _job_failures() as exc:  # a worker stopped the run with one of medbeam's one-line errors
+            fail(str(exc), code=1)
         except (ValueError, FileNotFoundError) as exc:
             fail(flag_message(str(exc), self))
 

@@ -11,11 +11,16 @@ import typer
 from medbeam.cli.core import command, fail, new_app, report
 from medbeam.cli.options import (
     INPUTS_HELP,
+    BigQueryDataset,
+    BigQueryEndpoint,
+    BigQueryLocation,
+    BigQueryTablePrefix,
     DicomwebOptions,
     Progress,
     ResizeMode,
     ResizeModeOption,
     RowsPerShard,
+    bigquery_target,
     options,
 )
 
@@ -75,6 +80,10 @@ def dicom_export(
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level: 1 fast, 9 small.")] = 1,
     rows_per_shard: RowsPerShard = 50_000,
     progress: Progress = True,
+    bigquery_dataset: BigQueryDataset = None,
+    bigquery_table_prefix: BigQueryTablePrefix = "",
+    bigquery_location: BigQueryLocation = None,
+    bigquery_endpoint: BigQueryEndpoint = None,
 ) -> None:
     """Export DICOM metadata to a table and pixels to PNG."""
     from medbeam.dicom.render import RenderOptions
@@ -109,6 +118,7 @@ def dicom_export(
         render=render,
         rows_per_shard=rows_per_shard,
         progress=progress,
+        bigquery=bigquery_target(bigquery_dataset, bigquery_table_prefix, bigquery_location, bigquery_endpoint),
     )
     counts = run(config, ctx.args)
     lines = [

@@ -143,3 +143,26 @@ def options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
         return command
 
     return decorate
+
+
+# BigQuery: every job that writes tables can also load them into a dataset (medbeam.io.bigquery).
+BigQueryDataset = Annotated[
+    str | None, typer.Option(help="Also load the tables into BigQuery dataset PROJECT:DATASET (created if missing).")
+]
+BigQueryTablePrefix = Annotated[str, typer.Option(help="Prefix for the BigQuery table names.")]
+BigQueryLocation = Annotated[str | None, typer.Option(help="Location of a dataset that is created (e.g. EU, US).")]
+BigQueryEndpoint = Annotated[
+    str | None,
+    typer.Option(help="BigQuery API endpoint of an emulator (anonymous credentials); also BIGQUERY_EMULATOR_HOST."),
+]
+
+
+def bigquery_target(dataset: str | None, prefix: str, location: str | None, endpoint: str | None):
+    """The BigQueryTarget of the --bigquery-* flags, or None without --bigquery-dataset."""
+    if dataset is None:
+        if prefix or location or endpoint:
+            raise ValueError("--bigquery-table-prefix/-location/-endpoint need --bigquery-dataset")
+        return None
+    from medbeam.io.bigquery import BigQueryTarget
+
+    return BigQueryTarget.parse(dataset, prefix, location, endpoint)

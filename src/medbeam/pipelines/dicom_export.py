@@ -71,6 +71,8 @@ class ExportConfig:
     dicomweb: Any = None
     #: With `dicomweb`: only these StudyInstanceUIDs.
     studies: list[str] = field(default_factory=list)
+    #: Also load the tables into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if bool(self.inputs) == (self.dicomweb is not None):
@@ -212,7 +214,13 @@ def build(
     if config.png_dir is not None:
         rows[OUTPUTS_TABLE] = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE)
         table_specs.append(outputs_table(config.png_dir))
-    _ = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
+    manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import LoadTablesFn
+
+        _ = manifests | "Load into BigQuery" >> beam.ParDo(
+            LoadTablesFn(config.bigquery, [METADATA_TABLE, REJECTS_TABLE], NAMESPACE)
+        )
 
 
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:

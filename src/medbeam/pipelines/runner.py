@@ -15,6 +15,7 @@ uses threads instead. A user's own --direct_running_mode / --direct_num_workers 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -126,9 +127,30 @@ def run_job(
                 build(pipeline)
             else:
                 build(pipeline, {name: monitor.ticker(name) for name in monitor.paths})
-            result = pipeline.run()
-            result.wait_until_finish()
+            try:
+                result = pipeline.run()
+                result.wait_until_finish()
+            except Exception as exc:
+                failure = worker_failure(exc)
+                if failure is None:
+                    raise
+                raise JobFailed(failure) from None
     return result
+
+
+class JobFailed(RuntimeError):
+    """A run that a worker stopped with one of medbeam's own one-line errors (a store or a load that
+    failed): the CLI prints the line and exits 1, instead of the runner's wrapped traceback."""
+
+
+#: Errors workers raise whose message is meant for the user as it is.
+_WORKER_ERRORS = re.compile(r"\b(BigQueryLoadError|DicomwebError|CredentialsError): ([^\n]+?)(?: \[while running|\n|$)")
+
+
+def worker_failure(exc: BaseException) -> str | None:
+    """The first one-line medbeam error inside a runner's exception text (runners wrap and re-raise)."""
+    match = _WORKER_ERRORS.search(str(exc))
+    return match.group(2).strip() if match else None
 
 
 def no_tickers(stages: Iterable[str]) -> dict[str, ProgressTicker]:
