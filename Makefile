@@ -1,6 +1,6 @@
 # Everything a fresh machine needs: `make demo` and `make test` create and use .venv themselves.
 # The demo installs only what it runs (medbeam + the pydicom-data corpus); the tests add TensorFlow,
-# the storage emulators and the linter.
+# the storage emulators and the linter; scripts/ensure-bigquery-emulator.sh gives the BigQuery emulator its own venv.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
@@ -25,6 +25,7 @@ demo: $(DEMO_STAMP)
 test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	scripts/ensure-orthanc.sh
+	scripts/ensure-bigquery-emulator.sh
 	$(PY) -m pytest -q
 
 bench: $(TEST_STAMP)

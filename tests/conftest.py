@@ -1,8 +1,9 @@
 """What the test modules share, loaded by pytest for every module under tests/.
 
-* Servers: tests.emulators (the gs:// and s3:// emulators, `store`, `restore_filesystem_options`) and
-  tests.orthanc (the `orthanc` and `orthanc_auth` DICOMweb servers): one of each per session, started by
-  the first test that asks for it.
+* Servers: tests.emulators (the gs:// and s3:// emulators, `store`, `restore_filesystem_options`),
+  tests.orthanc (the `orthanc` and `orthanc_auth` DICOMweb servers) and tests.bigquery_emulator
+  (`bigquery_emulator`, a local BigQuery API): one of each per session, started by the first test that
+  asks for it.
 * `closed_port`: a loopback port nobody listens on.
 * Helpers the modules import (tests.helpers): the DICOM test files (`TEST_FILES`, `data_store()`,
   `dicom_file`, `copy_dicom`), the files every DICOM corpus adds to be rejected (`write_unusable_files`),
@@ -15,7 +16,7 @@ import pytest
 
 from tests.helpers import free_port
 
-pytest_plugins = ["tests.emulators", "tests.orthanc"]
+pytest_plugins = ["tests.emulators", "tests.orthanc", "tests.bigquery_emulator"]
 
 
 @pytest.fixture
