@@ -28,6 +28,15 @@ import pyarrow.parquet as pq
 from medbeam.io import files, tables
 
 EMULATOR_ENV = "BIGQUERY_EMULATOR_HOST"
+#: How long API calls are retried on transient errors (the library's default is 10 minutes: a server that is
+#: down would look like a hang).
+RETRY_DEADLINE_S = 20.0
+
+
+def _retry() -> Any:
+    from google.cloud import bigquery
+
+    return bigquery.DEFAULT_RETRY.with_deadline(RETRY_DEADLINE_S)
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9_]{1,1024}$")
 
 
@@ -91,7 +100,7 @@ def ensure_dataset(client: Any, target: BigQueryTarget) -> None:
     if target.location:
         dataset.location = target.location
     try:
-        client.create_dataset(dataset, exists_ok=True)
+        client.create_dataset(dataset, exists_ok=True, retry=_retry(), timeout=RETRY_DEADLINE_S)
     except Exception as exc:  # noqa: BLE001 - one line with the dataset and the server's reason
         where = f" at {target.endpoint}" if target.endpoint else ""
         what = f"dataset {dataset.dataset_id} in project {target.project}{where}"

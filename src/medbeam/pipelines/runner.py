@@ -147,8 +147,14 @@ class JobFailed(RuntimeError):
 _WORKER_ERRORS = re.compile(r"\b(BigQueryLoadError|DicomwebError|CredentialsError): ([^\n]+?)(?: \[while running|\n|$)")
 
 
+_USER_ERROR_TYPES = {"BigQueryLoadError", "DicomwebError", "CredentialsError"}
+
+
 def worker_failure(exc: BaseException) -> str | None:
-    """The first one-line medbeam error inside a runner's exception text (runners wrap and re-raise)."""
+    """The one-line medbeam error a worker raised: the exception itself (the local runner re-raises it,
+    with Beam's ` [while running 'step']` appended) or inside a runner's wrapped exception text."""
+    if type(exc).__name__ in _USER_ERROR_TYPES:
+        return str(exc).split(" [while running", 1)[0].strip()
     match = _WORKER_ERRORS.search(str(exc))
     return match.group(2).strip() if match else None
 
