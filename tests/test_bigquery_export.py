@@ -33,12 +33,10 @@ def test_export_loads_metadata_and_rejects_into_bigquery(bigquery_emulator, corp
     assert counts.instances == 5
     client = bigquery_emulator.client()
     with duckdb.connect(str(tmp_path / "m.duckdb"), read_only=True) as con:
-        local = con.execute("SELECT path, Modality, PatientName.Alphabetic, StudyDate FROM dicom_metadata ORDER BY path")
-        expected = local.fetchall()
+        columns = "path, Modality, PatientName.Alphabetic, StudyDate"
+        expected = con.execute(f"SELECT {columns} FROM dicom_metadata ORDER BY path").fetchall()
         rejects = con.execute("SELECT count(*) FROM rejects").fetchone()[0]
-    rows = client.query(
-        f"SELECT path, Modality, PatientName.Alphabetic, StudyDate FROM `{target.table_id('dicom_metadata')}` ORDER BY path"
-    ).result()
+    rows = client.query(f"SELECT {columns} FROM `{target.table_id('dicom_metadata')}` ORDER BY path").result()
     assert [tuple(r.values()) for r in rows] == expected
     assert client.get_table(target.table_id("rejects")).num_rows == rejects == 1
     run(config, [])  # a rerun replaces the tables (WRITE_TRUNCATE), never appends
