@@ -173,7 +173,7 @@ def preflight(config: DecompressConfig, limit: int = PREFLIGHT_FILES) -> None:
 
 def run(config: DecompressConfig, beam_args: list[str] | None = None) -> DecompressCounts:
     """Run the decompress job to completion, load DuckDB if asked, and return the reconciled counts."""
-    runner.pipeline_options(beam_args)
+    options = runner.pipeline_options(beam_args)
     preflight(config)
     files.check_inputs_exist(config.patterns)
     sizes = runner.listed_sizes(config.patterns, exclude_dir=config.rejects_dir)
@@ -184,6 +184,7 @@ def run(config: DecompressConfig, beam_args: list[str] | None = None) -> Decompr
         plan,
         progress={"files": None},
         show_progress=config.progress,
+        options=options,
     )
     values = runner.counters(result, NAMESPACE)
     counts = runner.counts_of(DecompressCounts, values, rejected_by_stage=runner.by_stage(values))

@@ -294,7 +294,9 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
         )
 
     plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
-    result = runner.run_job(build_with, beam_args, plan, progress=stages, show_progress=config.progress)
+    result = runner.run_job(
+        build_with, beam_args, plan, progress=stages, show_progress=config.progress, options=options
+    )
     counts = runner.counts_of(ExportCounts, runner.counters(result, NAMESPACE))
     runner.load_tables(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])
     return counts

@@ -226,6 +226,7 @@ def run(config: ImportConfig, beam_args: list[str] | None = None) -> ImportCount
         runner.LocalPlan(estimate, AUTO_THREADS, "multi_threading"),
         progress={"inspected": total, "sent": None},
         show_progress=config.progress,
+        options=options,
     )
     counts = runner.counts_of(ImportCounts, runner.counters(result, NAMESPACE))
     runner.load_tables(config.duckdb_path, config.parquet_dir, [IMPORT_TABLE, REJECTS_TABLE])

@@ -211,11 +211,6 @@ class ImagesToTfrecordCounts:
     #: When no label row found its image: one label path next to one image path (set by run()).
     join_hint: str = field(default="", repr=False, compare=False)
 
-    @classmethod
-    def from_description(cls, doc: dict[str, Any]) -> ImagesToTfrecordCounts:
-        counts = {k: int(doc["counts"].get(k, 0)) for k in COUNT_NAMES}
-        return cls(**counts, shards=len(doc["files"]), labelled=bool(doc.get("labels")))
-
     def summary(self) -> str:
         line = f"{self.images_in} images in, {self.records_written} records written, {self.rejected} rejected"
         details = []
@@ -365,6 +360,7 @@ def run(
         plan,
         progress={"images": None},
         show_progress=config.progress,
+        options=options,
     )
     shards = len(tfr.read_description(config.output)["files"])
     values = runner.counters(result, NAMESPACE)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -103,10 +102,6 @@ class PngToTfrecordCounts:
     rejected: int = 0
     shards: int = 0
 
-    @classmethod
-    def from_description(cls, doc: dict[str, Any]) -> PngToTfrecordCounts:
-        return cls(**{k: int(doc["counts"].get(k, 0)) for k in COUNT_NAMES}, shards=len(doc["files"]))
-
     def summary(self) -> str:
         skipped = f"{self.files_skipped} non-PNG files skipped" if self.files_skipped else ""
         return runner.summary_line(f"{self.pngs_in} PNGs", f"{self.records_written} records", self.rejected, [skipped])
@@ -163,6 +158,7 @@ def run(config: PngToTfrecordConfig, beam_args: list[str] | None = None) -> PngT
         plan,
         progress={"files": listed},
         show_progress=config.progress,
+        options=options,
     )
     shards = len(tfr.read_description(config.output)["files"])
     return runner.counts_of(PngToTfrecordCounts, runner.counters(result, NAMESPACE), shards=shards)

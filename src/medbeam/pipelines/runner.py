@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from medbeam.io import files, tables
-from medbeam.transforms.progress import ProgressMonitor, ProgressTicker
+from medbeam.transforms.progress import ProgressMonitor
 
 #: Estimated single-core seconds of work from which a local run uses every core.
 AUTO_PARALLEL_MIN_SECONDS = 10.0
@@ -105,15 +105,17 @@ def run_job(
     local: LocalPlan | None = None,
     progress: Mapping[str, int | str | None] | None = None,
     show_progress: bool = True,
+    options: PipelineOptions | None = None,
 ) -> beam.runners.runner.PipelineResult:
     """Build and run one pipeline to completion.
 
     `build(p)` wires the job; with `progress` (stage name → total, None, or the name of a ticker that counts
     the total) it is called as `build(p, tickers)` with a ProgressTicker per name, drawn as bars on local
-    runs (on a terminal).
+    runs (on a terminal). `options`: what `pipeline_options(beam_args)` gave the caller, if it already
+    asked (parsing Beam's options again costs ~0.1 s).
     """
     beam_args = list(beam_args or [])
-    options = pipeline_options(beam_args)
+    options = options or pipeline_options(beam_args)
     local_run = is_local_runner(options)
     if local_run:
         parallel = local is not None and local.estimate() >= AUTO_PARALLEL_MIN_SECONDS
@@ -157,11 +159,6 @@ def worker_failure(exc: BaseException) -> str | None:
         return str(exc).split(" [while running", 1)[0].strip()
     match = _WORKER_ERRORS.search(str(exc))
     return match.group(2).strip() if match else None
-
-
-def no_tickers(stages: Iterable[str]) -> dict[str, ProgressTicker]:
-    """Tickers that draw nothing: for build() called outside run_job (tests, other runners)."""
-    return {name: ProgressTicker(None) for name in stages}
 
 
 def counters(result: beam.runners.runner.PipelineResult, namespace: str) -> dict[str, int]:

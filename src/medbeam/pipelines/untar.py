@@ -144,7 +144,7 @@ def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None =
 def run(config: UntarConfig, beam_args: list[str] | None = None) -> UntarCounts:
     """Run the untar job to completion, load DuckDB if asked, and return the reconciled counts."""
     patterns = [files.input_pattern(i) for i in config.inputs]
-    runner.pipeline_options(beam_args)
+    options = runner.pipeline_options(beam_args)
     files.check_inputs_exist(patterns)
     sizes = runner.listed_sizes(patterns, exclude_dir=config.rejects_dir)
     plan = runner.LocalPlan(lambda: runner.stream_job_seconds(sizes), workers=len(sizes))
@@ -154,6 +154,7 @@ def run(config: UntarConfig, beam_args: list[str] | None = None) -> UntarCounts:
         plan,
         progress={"archives": len(sizes)},
         show_progress=config.progress,
+        options=options,
     )
     values = runner.counters(result, NAMESPACE)
     counts = runner.counts_of(UntarCounts, values, rejected_by_stage=runner.by_stage(values))
