@@ -30,7 +30,11 @@ DUCKDB_VERSION=1.5.5
 EXTENSION_NAMES=(icu json ducklake spatial httpfs parquet avro)
 PINS=(local-bigquery==0.3.2 "duckdb==$DUCKDB_VERSION")
 for name in "${EXTENSION_NAMES[@]}"; do PINS+=("duckdb-extension-$name==$DUCKDB_VERSION"); done
-WANT="${PINS[*]}"
+# One harness patch of the emulator (documented in the patch file and tests/bigquery_emulator.py): a Parquet
+# load with a BYTES field in its schema base64-decodes the binary column and fails ("from_base64(BLOB)"),
+# where real BigQuery loads Parquet binary into BYTES as it is. medbeam's schema stays as it is.
+PATCH=$REPO/scripts/local-bigquery-0.3.2-typed-bytes.patch
+WANT="${PINS[*]} patch:$(sha256sum "$PATCH" | cut -c1-16)"
 
 say() { echo "ensure-bigquery-emulator: $*" >&2; }
 fail() {
@@ -86,6 +90,9 @@ run "$PYTHON" -m venv "$VENV"
 say "created the venv ($((SECONDS - started)) s); pip install ${PINS[*]}"
 run "$VENV/bin/python" -m pip install -q --no-input "${PINS[@]}"
 say "installed ($((SECONDS - started)) s)"
+SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+run patch -p1 -d "$SITE" -i "$PATCH"
+say "applied $(basename "$PATCH")"
 
 # The extension wheels ship DIR/extensions/v1.5.5/NAME.duckdb_extension; DuckDB looks for
 # ~/.duckdb/extensions/v1.5.5/PLATFORM/NAME.duckdb_extension.
@@ -93,7 +100,6 @@ PLATFORM=$("$VENV/bin/python" -c 'import duckdb; print(duckdb.sql("PRAGMA platfo
     fail "cannot ask DuckDB for its platform"
 TARGET=$EXTENSIONS/v$DUCKDB_VERSION/$PLATFORM
 mkdir -p "$TARGET"
-SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 for name in "${EXTENSION_NAMES[@]}"; do
     file=$SITE/duckdb_extension_$name/extensions/v$DUCKDB_VERSION/$name.duckdb_extension
     [[ -f $file ]] || fail "the wheel duckdb-extension-$name has no $file"

@@ -2,8 +2,8 @@
 
 What medbeam's tables need from it: Parquet load jobs with an explicit schema and WRITE_TRUNCATE, for the
 column types the tables use (DICOM person names are STRUCTs, multi-valued attributes REPEATED), and queries
-that read them back. The tests also pin down the emulator's known gaps (BYTES columns with a load schema,
-REQUIRED modes) as strict xfails, so that a fixed emulator shows up as a failing test.
+that read them back. The tests also pin down the emulator's known gap (REQUIRED modes) as a strict xfail, so
+that a fixed emulator shows up as a failing test. Its BYTES-with-a-load-schema bug is patched in the harness.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from google.api_core.exceptions import BadRequest
 from google.cloud import bigquery
 
 from tests.orthanc import listening_addresses
@@ -159,13 +158,9 @@ def test_parquet_load_keeps_required_mode(client, dataset):
 BLOBS = pa.table({"id": pa.array([1, 2], pa.int64()), "blob": pa.array([b"\x00\x01\xff", None], pa.binary())})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=BadRequest,
-    reason="local-bigquery 0.3.2: a Parquet load with an explicit BYTES field applies from_base64() to the "
-    "binary column: 'No function matches the given name and argument types 'from_base64(BLOB)''",
-)
 def test_parquet_bytes_column_with_schema(client, dataset):
+    """Fails on the unpatched local-bigquery 0.3.2 ("from_base64(BLOB)"); the harness patches the emulator
+    (scripts/local-bigquery-0.3.2-typed-bytes.patch) to do what real BigQuery does."""
     schema = [bigquery.SchemaField("id", "INT64"), bigquery.SchemaField("blob", "BYTES")]
     load(client, BLOBS, f"{dataset}.blobs", schema)
     assert [tuple(r) for r in client.query(f"SELECT id, blob FROM `{dataset}.blobs` ORDER BY id")] == [
