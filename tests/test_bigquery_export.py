@@ -145,3 +145,26 @@ def test_demo_corpus_metadata_in_bigquery_equals_duckdb(bigquery_emulator, tmp_p
             "unnest(b.BeamLimitingDeviceSequence) AS u(d) GROUP BY 1 ORDER BY 1"
         ).fetchall()
     assert [tuple(r) for r in client.query(sql)] == want and want
+
+
+def test_tables_on_gcs_are_loaded_by_uri(gcs_emulator, corpus, tmp_path):
+    """A cluster run's shape: the Parquet shards on gs://, loaded by URI (the server reads them; nothing is
+    uploaded from the worker)."""
+    from tests.bigquery_emulator import BigQueryEmulator
+
+    (tmp_path / "bq").mkdir()
+    with BigQueryEmulator(tmp_path / "bq", storage_emulator_host=gcs_emulator.endpoint) as server:
+        target = BigQueryTarget(server.project, "by_uri", endpoint=server.endpoint)
+        parquet_dir = gcs_emulator.uri("bigquery-by-uri", "tables")
+        config = ExportConfig(inputs=[str(corpus)], parquet_dir=parquet_dir, progress=False, bigquery=target)
+        counts = run(config, list(gcs_emulator.beam_args))
+        assert counts.instances == 5
+        client = server.client()
+        jobs = [job for job in client.list_jobs() if job.job_type == "load"]
+        sources = sorted(uri for job in jobs for uri in job.source_uris)
+        manifest = json.loads(gcs_emulator.get("bigquery-by-uri/tables/dicom_metadata/_manifest.json"))
+        assert set(manifest["files"]) <= set(sources) and all(uri.startswith("gs://") for uri in sources)
+        assert client.get_table(target.table_id("dicom_metadata")).num_rows == 5
+        assert client.get_table(target.table_id("rejects")).num_rows == 1
+        sql = f"SELECT Modality, COUNT(*) FROM `{target.table_id('dicom_metadata')}` GROUP BY 1 ORDER BY 1"
+        assert [tuple(r) for r in client.query(sql)] == [("CT", 1), ("MR", 1), ("RTDOSE", 2), ("RTPLAN", 1)]

@@ -349,29 +349,33 @@ def test_bigquery_schema_to_label_columns():
         label_columns_from_bigquery([{"name": "path", "type": "INTEGER"}], "jpg_bytes")
 
 
-def test_bigquery_labels_are_wired_to_read_from_bigquery(tmp_path):
+def test_bigquery_labels_are_a_dry_run_in_the_driver_and_a_query_in_the_pipeline(tmp_path):
+    """The wiring only (the query against a real BigQuery API: tests/test_bigquery_jobs.py)."""
     from google.cloud.bigquery import SchemaField
+
+    from medbeam.transforms.bigquery import QueryRowsFn
 
     sql = "SELECT path, label FROM `project.dataset.table`"
     config = ImagesToTfrecordConfig(inputs=["gs://bucket/jpgs/"], output="gs://bucket/out/train", bigquery_sql=sql)
     client = _StubBigQuery([SchemaField("path", "STRING"), SchemaField("label", "INTEGER")])
     labels = resolve_labels(config, "project", client)
     assert client.calls == [(sql, True)]  # a dry run only, in the driver
-    assert labels == LabelSource([LabelColumn("label", tfr.INT64, False, "INTEGER")], bigquery_sql=sql)
+    assert labels == LabelSource(
+        [LabelColumn("label", tfr.INT64, False, "INTEGER")], bigquery_sql=sql, bigquery_project="project"
+    )
 
     p = beam.Pipeline()
     images.build(p, config, labels)
     found = []
 
     class Visitor(beam.pipeline.PipelineVisitor):
-        def enter_composite_transform(self, node):
-            if isinstance(node.transform, beam.io.ReadFromBigQuery):
-                found.append(node.transform)
+        def visit_transform(self, node):
+            fn = getattr(node.transform, "fn", None)
+            if isinstance(fn, QueryRowsFn):
+                found.append(fn)
 
     p.visit(Visitor())
     assert len(found) == 1
-    kwargs = found[0]._kwargs  # noqa: SLF001 - what ReadFromBigQuery was given
-    assert kwargs["query"] == sql and kwargs["use_standard_sql"] is True
     assert [s.name for s in images.feature_specs(config, labels)] == ["path", "jpg_bytes", "label"]
     with pytest.raises(ValueError, match="resolve_labels"):
         images.build(beam.Pipeline(), config, None)

@@ -11,16 +11,13 @@ import typer
 from medbeam.cli.core import command, fail, new_app, report
 from medbeam.cli.options import (
     INPUTS_HELP,
-    BigQueryDataset,
-    BigQueryEndpoint,
-    BigQueryLocation,
-    BigQueryTablePrefix,
+    BigQueryOptions,
     DicomwebOptions,
     Progress,
     ResizeMode,
     ResizeModeOption,
     RowsPerShard,
-    bigquery_target,
+    bigquery_line,
     options,
 )
 
@@ -39,7 +36,7 @@ class Window(str, Enum):
     example="medbeam dicom export -i scans/ --png-dir out/png --duckdb out/meta.duckdb --resize 512 512 "
     "--direct_num_workers 8",
 )
-@options(auth=DicomwebOptions)
+@options(auth=DicomwebOptions, bigquery=BigQueryOptions)
 def dicom_export(
     ctx: typer.Context,
     inputs: Annotated[list[str] | None, typer.Option("--input", "-i", help=INPUTS_HELP)] = None,
@@ -80,10 +77,7 @@ def dicom_export(
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level: 1 fast, 9 small.")] = 1,
     rows_per_shard: RowsPerShard = 50_000,
     progress: Progress = True,
-    bigquery_dataset: BigQueryDataset = None,
-    bigquery_table_prefix: BigQueryTablePrefix = "",
-    bigquery_location: BigQueryLocation = None,
-    bigquery_endpoint: BigQueryEndpoint = None,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """Export DICOM metadata to a table and pixels to PNG."""
     from medbeam.dicom.render import RenderOptions
@@ -118,7 +112,7 @@ def dicom_export(
         render=render,
         rows_per_shard=rows_per_shard,
         progress=progress,
-        bigquery=bigquery_target(bigquery_dataset, bigquery_table_prefix, bigquery_location, bigquery_endpoint),
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
     lines = [
@@ -130,6 +124,7 @@ def dicom_export(
         lines.append(f"PNGs: {png_dir}")
     if tfrecord_prefix:
         lines.append(f"TFRecords: {tfrecord_prefix}-*-of-*.tfrecord, spec in {tfrecord_prefix}.features.json")
+    lines += bigquery_line(config.bigquery, ["dicom_metadata", "rejects"])
     report(counts, lines, failed="some outputs could not be written; see the rejects table (stage write)")
 
 
@@ -139,7 +134,7 @@ def dicom_export(
     example="PACS_PASSWORD=… medbeam dicom import -i scans/ --dicomweb http://localhost:8042/dicom-web "
     "--user orthanc --password-env PACS_PASSWORD --duckdb import.duckdb",
 )
-@options(auth=DicomwebOptions)
+@options(auth=DicomwebOptions, bigquery=BigQueryOptions)
 def dicom_import(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Option("--input", "-i", help=INPUTS_HELP)],
@@ -170,6 +165,7 @@ def dicom_import(
     ] = True,
     rows_per_shard: RowsPerShard = 50_000,
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """Import DICOM files into a DICOMweb store (STOW-RS): batched, retried, idempotent.
 
@@ -190,6 +186,7 @@ def dicom_import(
         check_existing=check_existing,
         rows_per_shard=rows_per_shard,
         progress=progress,
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
     if config.duckdb_path:
@@ -198,7 +195,7 @@ def dicom_import(
         line = f"tables: Parquet under {config.parquet_dir} (dicom_import, rejects)"
     report(
         counts,
-        [line],
+        [line, *bigquery_line(config.bigquery, ["dicom_import", "rejects"])],
         failed=f"{counts.server_failures} files were not sent because of the server ({settings.describe()}); "
         "see the rejects table, then rerun: instances already stored are not sent again",
     )

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from medbeam.cli.core import command, fail, new_app, report
-from medbeam.cli.options import INPUTS_HELP, Progress
+from medbeam.cli.options import INPUTS_HELP, BigQueryOptions, Progress, bigquery_line, options
 
 app = new_app("File jobs: unpack tar archives, decompress .gz/.bz2/.xz/.zst files.")
 
@@ -47,6 +47,7 @@ def _lines(files_in: int, outputs: str, rejects_dir: str, duckdb: str | None, wh
     example="medbeam files untar -i 'gs://bucket/raw/*.tar.gz' --output-dir gs://bucket/unpacked --archive-subdir "
     "--runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp",
 )
+@options(bigquery=BigQueryOptions)
 def untar(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Option("--input", "-i", help=INPUTS_HELP + " Each file is one archive.")],
@@ -61,6 +62,7 @@ def untar(
         str, typer.Option(metavar="SIZE", help="Bomb guard: most bytes one archive may expand to, e.g. 500GiB.")
     ] = "none",
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """Unpack .tar, .tar.gz/.tgz, .tar.bz2, .tar.xz and .tar.zst archives, streamed, in parallel."""
     from medbeam.pipelines.untar import UntarConfig, run
@@ -74,9 +76,11 @@ def untar(
         max_ratio=_ratio(max_ratio),
         max_archive_bytes=_size(max_archive_bytes, "--max-archive-bytes"),
         progress=progress,
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
-    report(counts, _lines(counts.archives_in, config.output_dir, config.rejects_dir, duckdb, "archives"))
+    lines = _lines(counts.archives_in, config.output_dir, config.rejects_dir, duckdb, "archives")
+    report(counts, lines + bigquery_line(config.bigquery, ["rejects"]))
 
 
 @command(
@@ -85,6 +89,7 @@ def untar(
     example=r"medbeam files decompress -i gs://bucket/raw --output-dir gs://bucket/plain "
     r"--path-sub-pattern '(.*)\.gz' --path-sub-repl '\1' --max-output-bytes 10GiB",
 )
+@options(bigquery=BigQueryOptions)
 def decompress(
     ctx: typer.Context,
     inputs: Annotated[
@@ -114,6 +119,7 @@ def decompress(
         str, typer.Option(metavar="SIZE", help="Bomb guard: most bytes one file may expand to ('none': no limit).")
     ] = "64GiB",
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """Decompress gzip, bzip2, xz and zstd files (format from their magic bytes), streamed, in parallel.
 
@@ -131,7 +137,9 @@ def decompress(
         max_ratio=_ratio(max_ratio),
         max_output_bytes=_size(max_output_bytes, "--max-output-bytes"),
         progress=progress,
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
     outputs = config.output_dir or "next to the inputs"
-    report(counts, _lines(counts.files_in, outputs, config.rejects_dir, duckdb, "files"))
+    lines = _lines(counts.files_in, outputs, config.rejects_dir, duckdb, "files")
+    report(counts, lines + bigquery_line(config.bigquery, ["rejects"]))

@@ -145,24 +145,48 @@ def options(**groups: type) -> Callable[[Callable[..., Any]], Callable[..., Any]
     return decorate
 
 
+# ---------------------------------------------------------------------------------------------------
 # BigQuery: every job that writes tables can also load them into a dataset (medbeam.io.bigquery).
-BigQueryDataset = Annotated[
-    str | None, typer.Option(help="Also load the tables into BigQuery dataset PROJECT:DATASET (created if missing).")
-]
-BigQueryTablePrefix = Annotated[str, typer.Option(help="Prefix for the BigQuery table names.")]
-BigQueryLocation = Annotated[str | None, typer.Option(help="Location of a dataset that is created (e.g. EU, US).")]
-BigQueryEndpoint = Annotated[
-    str | None,
-    typer.Option(help="BigQuery API endpoint of an emulator (anonymous credentials); also BIGQUERY_EMULATOR_HOST."),
-]
 
 
-def bigquery_target(dataset: str | None, prefix: str, location: str | None, endpoint: str | None):
-    """The BigQueryTarget of the --bigquery-* flags, or None without --bigquery-dataset."""
-    if dataset is None:
-        if prefix or location or endpoint:
-            raise ValueError("--bigquery-table-prefix/-location/-endpoint need --bigquery-dataset")
-        return None
-    from medbeam.io.bigquery import BigQueryTarget
+@dataclass(frozen=True)
+class BigQueryOptions:
+    """Where a job's tables are also loaded: the same tables, names and types as in DuckDB, replaced on a
+    rerun. `--bigquery-endpoint` (or BIGQUERY_EMULATOR_HOST) is for an emulator, with anonymous credentials;
+    otherwise Google's application-default credentials."""
 
-    return BigQueryTarget.parse(dataset, prefix, location, endpoint)
+    bigquery_dataset: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PROJECT:DATASET", help="Also load the tables into this BigQuery dataset (created if missing)."
+        ),
+    ] = None
+    bigquery_table_prefix: Annotated[
+        str, typer.Option(help="Prefix for the BigQuery table names (keeps jobs sharing a dataset apart).")
+    ] = ""
+    bigquery_location: Annotated[
+        str | None, typer.Option(help="Location of a dataset that is created (e.g. EU, US).")
+    ] = None
+    bigquery_endpoint: Annotated[
+        str | None,
+        typer.Option(help="BigQuery API endpoint of an emulator (anonymous credentials); also BIGQUERY_EMULATOR_HOST."),
+    ] = None
+
+    def target(self):
+        """The BigQueryTarget of the flags, or None without --bigquery-dataset (ValueError: exit 2)."""
+        if self.bigquery_dataset is None:
+            if self.bigquery_table_prefix or self.bigquery_location:
+                raise ValueError("--bigquery-table-prefix and --bigquery-location need --bigquery-dataset")
+            return None
+        from medbeam.io.bigquery import BigQueryTarget
+
+        return BigQueryTarget.parse(
+            self.bigquery_dataset, self.bigquery_table_prefix, self.bigquery_location, self.bigquery_endpoint
+        )
+
+
+def bigquery_line(target: Any, names: list[str]) -> list[str]:
+    """The report line naming the BigQuery tables a run loaded (none without a target)."""
+    if target is None:
+        return []
+    return [f"BigQuery: {', '.join(target.table_id(name) for name in names)}"]

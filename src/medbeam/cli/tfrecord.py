@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from medbeam.cli.core import Command, command, fail, new_app, report
-from medbeam.cli.options import Progress, ResizeMode, ResizeModeOption
+from medbeam.cli.options import BigQueryOptions, Progress, ResizeMode, ResizeModeOption, bigquery_line, options
 
 app = new_app("Images → TFRecord shards of tf.train.Example.")
 
@@ -76,6 +76,7 @@ class ImageFormat(str, Enum):
     cls=ShapeCommand,
     example="medbeam tfrecord from-dicom-png -i out/png -o out/tfrecords/train --shape 299 299 1",
 )
+@options(bigquery=BigQueryOptions)
 def from_dicom_png(
     ctx: typer.Context,
     input: Annotated[
@@ -93,6 +94,7 @@ def from_dicom_png(
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level for resized images.")] = 1,
     verify: Annotated[bool, typer.Option(help="Decode every image (else only check its signature).")] = True,
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """DICOM export PNGs → TFRecords with study, series, instance, frame, png_bytes (Google's features)."""
     from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig, run
@@ -106,9 +108,10 @@ def from_dicom_png(
         png_compression=png_compression,
         verify=verify,
         progress=progress,
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
-    report(counts, _outputs(config.output, counts.shards))
+    report(counts, _outputs(config.output, counts.shards) + bigquery_line(config.bigquery, ["rejects"]))
 
 
 @command(
@@ -118,6 +121,7 @@ def from_dicom_png(
     example="medbeam tfrecord from-images -i images/ -o tfrecords/train --shape 224 224 "
     "--labels-sql \"SELECT * FROM read_csv('labels.csv')\"",
 )
+@options(bigquery=BigQueryOptions)
 def from_images(
     ctx: typer.Context,
     inputs: Annotated[
@@ -144,7 +148,10 @@ def from_images(
     ] = None,
     bigquery_sql: Annotated[
         str | None,
-        typer.Option(help="Run the label query on BigQuery instead (needs --project, --temp_location)."),
+        typer.Option(
+            help="Run the label query on BigQuery instead (GoogleSQL), in --project, else the project of "
+            "--bigquery-dataset, else your default one; --bigquery-endpoint for an emulator."
+        ),
     ] = None,
     jpeg_quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG quality of resized images.")] = 95,
     png_compression: Annotated[int, typer.Option(min=0, max=9, help="PNG zlib level of resized images.")] = 1,
@@ -153,6 +160,7 @@ def from_images(
     ] = None,
     verify: Annotated[bool, typer.Option(help="Decode every image (else only check its signature).")] = True,
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """Labelled JPG/PNG images → TFRecords with path, jpg_bytes|png_bytes and one feature per label column."""
     from medbeam.pipelines.images_to_tfrecord import ImagesToTfrecordConfig, run
@@ -166,6 +174,8 @@ def from_images(
         resize_mode=resize_mode.value,
         labels_sql=labels_sql,
         bigquery_sql=bigquery_sql,
+        bigquery_endpoint=bigquery.bigquery_endpoint,
+        bigquery=bigquery.target(),
         duckdb_path=duckdb,
         jpeg_quality=jpeg_quality,
         png_compression=png_compression,
@@ -177,13 +187,16 @@ def from_images(
         counts = run(config, ctx.args)  # its ValueErrors (e.g. label columns that cannot be features): exit 2
     except _query_errors() as exc:
         fail(f"label query failed: {exc}")
-    report(counts, _outputs(config.output, counts.shards))
+    report(counts, _outputs(config.output, counts.shards) + bigquery_line(config.bigquery, ["rejects"]))
 
 
 def _query_errors() -> tuple[type[BaseException], ...]:
+    """What a label query's failure in the driver raises (DuckDB's errors, the BigQuery dry run's)."""
     import duckdb
 
-    return (duckdb.Error,)
+    from medbeam.io.bigquery import BigQueryQueryError
+
+    return (duckdb.Error, BigQueryQueryError)
 
 
 def _outputs(prefix: str, shards: int) -> list[str]:

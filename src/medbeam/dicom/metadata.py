@@ -15,12 +15,19 @@ such value that cannot be mistaken for a real one: there the column is NULL and 
 intact, is kept in ``value_errors``. Padding spaces that PS3.5 §6.2 calls insignificant are removed:
 leading and trailing for AE, AS, CS, DA, DS, DT, IS, LO, SH, TM, UI; trailing only for LT, ST, UT, UC,
 UR (their leading spaces are significant).
+
+BigQuery allows at most 15 levels of nested RECORDs. A top-level sequence is level 1, a sequence in its
+items level 2, and a person name or OtherElements inside the items of a level-k sequence is level k+1; so
+sequences are expanded into records down to level MAX_SEQUENCE_LEVEL (14), and a sequence nested deeper
+(deep SR content trees) is kept whole as its DICOM JSON (PS3.18 F.2) text in a STRING field, binary values
+over BULK_DATA_THRESHOLD left out. The type of a field never depends on the file: its level is its path.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +48,8 @@ from pydicom.valuerep import DA, DT, TM, PersonName
 
 #: Binary values longer than this many bytes (pixel data, overlays, LUTs, waveforms…) are left out.
 BULK_DATA_THRESHOLD = 1024
+#: Deepest sequence expanded into records (BigQuery: 15 levels of RECORD, one kept for PN inside the items).
+MAX_SEQUENCE_LEVEL = 14
 #: Raw text kept for an unparseable value is cut to this many characters.
 RAW_TEXT_LIMIT = 1024
 
@@ -341,8 +350,11 @@ def _element_vr(raw: RawDataElement | DataElement | None, fallback: str) -> str:
     return vr if vr else fallback
 
 
-def dataset_to_row(ds: Dataset, _path: str = "", _errors: list[dict[str, str]] | None = None) -> InstanceRow:
-    """Turn every top-level element of `ds` into a typed column value (sequences recurse)."""
+def dataset_to_row(
+    ds: Dataset, _path: str = "", _errors: list[dict[str, str]] | None = None, _level: int = 0
+) -> InstanceRow:
+    """Turn every top-level element of `ds` into a typed column value (sequences recurse; `_level` is the
+    number of sequences `ds` is nested in)."""
     errors: list[dict[str, str]] = [] if _errors is None else _errors
     values: dict[str, Any] = {}
     types: dict[str, pa.DataType] = {}
@@ -386,8 +398,12 @@ def dataset_to_row(ds: Dataset, _path: str = "", _errors: list[dict[str, str]] |
                 errors.append(_value_error(where, tag, dict_vr, raw, exc))
                 types[name] = pa.list_(pa.struct([]))
                 continue
+            if _level + 1 > MAX_SEQUENCE_LEVEL:
+                types[name] = pa.string()
+                values[name] = _sequence_json(items) if items else None
+                continue
             item_rows = [
-                dataset_to_row(item, f"{where}[{i}].", errors) for i, item in enumerate(items or [])
+                dataset_to_row(item, f"{where}[{i}].", errors, _level + 1) for i, item in enumerate(items or [])
             ]
             item_type = pa.struct([])
             for item_row in item_rows:
@@ -408,6 +424,15 @@ def dataset_to_row(ds: Dataset, _path: str = "", _errors: list[dict[str, str]] |
         values[OTHER_ELEMENTS_COLUMN] = others
         types[OTHER_ELEMENTS_COLUMN] = TRAILING_COLUMNS[OTHER_ELEMENTS_COLUMN]
     return InstanceRow(values=values, types=types, value_errors=errors)
+
+
+def _sequence_json(items: Any) -> str:
+    """A sequence too deep for records, as the DICOM JSON of its items (bulk binary left out)."""
+    return json.dumps(
+        [item.to_json_dict(BULK_DATA_THRESHOLD, lambda _elem: "") for item in items],
+        ensure_ascii=False,
+        sort_keys=True,
+    )
 
 
 def _text_or_value(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement) -> Any:

@@ -275,12 +275,3 @@ def normalize_label_table(table: pa.Table, columns: Sequence[LabelColumn]) -> pa
         return table.cast(pa.schema(fields))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         raise LabelSchemaError(f"label values do not fit their feature types: {exc}") from exc
-
-
-def bigquery_result_schema(sql: str, project: str | None, client: Any = None) -> list[Any]:
-    """The result schema of a BigQuery query, from a dry run in the driver (no bytes billed)."""
-    from google.cloud import bigquery
-
-    client = client or bigquery.Client(project=project)
-    job = client.query(sql, job_config=bigquery.QueryJobConfig(dry_run=True, use_query_cache=False))
-    return list(job.schema)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -66,6 +67,8 @@ class DecompressConfig:
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     #: Progress bars on local runs (on a terminal).
     progress: bool = True
+    #: Also load the tables into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -152,7 +155,11 @@ def build(p: beam.Pipeline, config: DecompressConfig, ticker: ProgressTicker | N
     if config.output_dir is not None:  # copies beside their inputs have no folder of their own to manifest
         rows[OUTPUTS_TABLE] = decompressed[WRITTEN] | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
         specs.append(outputs_table(config.output_dir))
-    _ = rows | "Write tables" >> tables.WriteTables(rejects_dir, specs, config.rows_per_shard)
+    manifests = rows | "Write tables" >> tables.WriteTables(rejects_dir, specs, config.rows_per_shard)
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(manifests, config.bigquery, [REJECTS_TABLE], NAMESPACE)
 
 
 def preflight(config: DecompressConfig, limit: int = PREFLIGHT_FILES) -> None:

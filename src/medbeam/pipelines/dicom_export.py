@@ -216,11 +216,9 @@ def build(
         table_specs.append(outputs_table(config.png_dir))
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
     if config.bigquery is not None:
-        from medbeam.transforms.bigquery import LoadTablesFn
+        from medbeam.transforms.bigquery import load_into_bigquery
 
-        _ = manifests | "Load into BigQuery" >> beam.ParDo(
-            LoadTablesFn(config.bigquery, [METADATA_TABLE, REJECTS_TABLE], NAMESPACE)
-        )
+        load_into_bigquery(manifests, config.bigquery, [METADATA_TABLE, REJECTS_TABLE], NAMESPACE)
 
 
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:

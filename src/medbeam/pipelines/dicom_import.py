@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -79,6 +80,8 @@ class ImportConfig:
     preflight: bool = True
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
+    #: Also load the tables into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -170,10 +173,14 @@ def build(
         tables.TableSpec(IMPORT_TABLE, IMPORT_SCHEMA, ("uri",)),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
-    _ = {
+    manifests = {
         IMPORT_TABLE: sent.rows,
         REJECTS_TABLE: [inspected[REJECTS], sent[REJECTS]] | "All rejects" >> beam.Flatten(),
     } | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(manifests, config.bigquery, [IMPORT_TABLE, REJECTS_TABLE], NAMESPACE)
 
 
 # ---------------------------------------------------------------------------------------------------

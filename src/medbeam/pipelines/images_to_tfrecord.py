@@ -2,7 +2,7 @@
 
     prefixes → MatchAll → distinct → path regex → (path, ·) ──────────────────────┐
     label query: DuckDB in the driver → {output}.labels.parquet → ReadFromParquet ├ CoGroupByKey → exactly
-                 or BigQuery → ReadFromBigQuery → (path, row) ────────────────────┘   one label row?
+                 or BigQuery (dry run in the driver) → QueryRowsFn → (path, row) ─┘   one label row?
         → reshuffle → read, check/resize/re-encode image, build Example ─┬─ WriteExamples
                                                                           ├─ rejects → WriteTable
                                                                           └─ counts → features.json
@@ -43,7 +43,6 @@ from medbeam.io.examples import IMAGE_FEATURES, normalize_output, rejects_locati
 from medbeam.io.labels import (
     PATH_COLUMN,
     LabelColumn,
-    bigquery_result_schema,
     label_columns_from_arrow,
     label_columns_from_bigquery,
     normalize_label_table,
@@ -80,6 +79,9 @@ class LabelSource:
     columns: list[LabelColumn]
     parquet_path: str | None = None  # DuckDB result, staged as {output}.labels.parquet
     bigquery_sql: str | None = None
+    #: The project the BigQuery query runs (and is billed) in, and an emulator endpoint.
+    bigquery_project: str | None = None
+    bigquery_endpoint: str | None = None
 
 
 @dataclass
@@ -95,6 +97,8 @@ class ImagesToTfrecordConfig:
     resize_mode: str = "stretch"
     labels_sql: str | None = None
     bigquery_sql: str | None = None
+    #: Emulator endpoint for --bigquery-sql (else BIGQUERY_EMULATOR_HOST, else Google's API).
+    bigquery_endpoint: str | None = None
     duckdb_path: str | None = None
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     png_compression: int = DEFAULT_PNG_COMPRESSION
@@ -103,6 +107,8 @@ class ImagesToTfrecordConfig:
     #: Progress bars on local runs (on a terminal).
     progress: bool = True
     target_shard_bytes: int = tfr.DEFAULT_SHARD_BYTES
+    #: Also load the rejects table into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -154,7 +160,10 @@ def labels_parquet_path(prefix: str) -> str:
 def resolve_labels(
     config: ImagesToTfrecordConfig, project: str | None = None, bigquery_client: Any = None
 ) -> LabelSource | None:
-    """Driver side: run the DuckDB query and stage its rows, or dry-run the BigQuery one for its schema."""
+    """Driver side: run the DuckDB query and stage its rows, or dry-run the BigQuery one for its schema.
+
+    The BigQuery query runs in `project` (Beam's --project), else in the project of --bigquery-dataset,
+    else in the application-default credentials' project."""
     if config.labels_sql is not None:
         table = query_duckdb(config.labels_sql, config.duckdb_path)
         columns = label_columns_from_arrow(table.schema, config.image_feature)
@@ -163,9 +172,20 @@ def resolve_labels(
         files.write_bytes(path, _parquet_bytes(table))
         return LabelSource(columns, parquet_path=path)
     if config.bigquery_sql is not None:
-        schema = bigquery_result_schema(config.bigquery_sql, project, bigquery_client)
+        from medbeam.io.bigquery import make_client, query_schema
+
+        project = project or (config.bigquery.project if config.bigquery is not None else None)
+        client = bigquery_client or make_client(project, config.bigquery_endpoint)
+        try:
+            schema = query_schema(client, config.bigquery_sql)
+        finally:
+            if bigquery_client is None:
+                client.close()
         return LabelSource(
-            label_columns_from_bigquery(schema, config.image_feature), bigquery_sql=config.bigquery_sql
+            label_columns_from_bigquery(schema, config.image_feature),
+            bigquery_sql=config.bigquery_sql,
+            bigquery_project=project or client.project,
+            bigquery_endpoint=config.bigquery_endpoint,
         )
     return None
 
@@ -268,8 +288,12 @@ def feature_specs(config: ImagesToTfrecordConfig, labels: LabelSource | None) ->
 
 def read_label_rows(p: beam.Pipeline, labels: LabelSource) -> beam.PCollection:
     if labels.bigquery_sql is not None:
-        return p | "Read labels (BigQuery)" >> beam.io.ReadFromBigQuery(
-            query=labels.bigquery_sql, use_standard_sql=True
+        from medbeam.transforms.bigquery import QueryRowsFn
+
+        return (
+            p
+            | "Label query" >> beam.Create([labels.bigquery_sql])
+            | "Read labels (BigQuery)" >> beam.ParDo(QueryRowsFn(labels.bigquery_project, labels.bigquery_endpoint))
         )
     return p | "Read labels" >> beam.io.ReadFromParquet(labels.parquet_path)
 
@@ -340,6 +364,7 @@ def build(
         config.num_shards,
         config.target_shard_bytes,
         extra=extra,
+        bigquery=config.bigquery,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -77,6 +78,8 @@ class PngToTfrecordConfig:
     #: Progress bars on local runs (on a terminal).
     progress: bool = True
     target_shard_bytes: int = tfr.DEFAULT_SHARD_BYTES
+    #: Also load the rejects table into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         self.input = input_root(self.input)
@@ -139,6 +142,7 @@ def build(p: beam.Pipeline, config: PngToTfrecordConfig, ticker: ProgressTicker 
         config.num_shards,
         config.target_shard_bytes,
         extra={"source": config.input},
+        bigquery=config.bigquery,
     )
 
 

@@ -146,10 +146,8 @@ class JobFailed(RuntimeError):
 
 
 #: Errors workers raise whose message is meant for the user as it is.
-_WORKER_ERRORS = re.compile(r"\b(BigQueryLoadError|DicomwebError|CredentialsError): ([^\n]+?)(?: \[while running|\n|$)")
-
-
-_USER_ERROR_TYPES = {"BigQueryLoadError", "DicomwebError", "CredentialsError"}
+_USER_ERROR_TYPES = ("BigQueryLoadError", "BigQueryQueryError", "DicomwebError", "CredentialsError")
+_WORKER_ERRORS = re.compile(rf"\b({'|'.join(_USER_ERROR_TYPES)}): ([^\n]+?)(?: \[while running|\n|$)")
 
 
 def worker_failure(exc: BaseException) -> str | None:

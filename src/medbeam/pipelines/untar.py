@@ -15,6 +15,7 @@ one) are reported in the rejects table with stage `collision`; they are not coun
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import apache_beam as beam
 
@@ -55,6 +56,8 @@ class UntarConfig:
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     #: Progress bars on local runs (on a terminal).
     progress: bool = True
+    #: Also load the tables into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -127,7 +130,7 @@ def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None =
         | "Written paths" >> beam.Map(lambda written: written[0])
         | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
     )
-    _ = {
+    manifests = {
         REJECTS_TABLE: [untarred[REJECTS], collisions] | "All rejects" >> beam.Flatten(),
         OUTPUTS_TABLE: manifest,
     } | "Write tables" >> tables.WriteTables(
@@ -135,6 +138,10 @@ def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None =
         [tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")), outputs_table(config.output_dir)],
         config.rows_per_shard,
     )
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(manifests, config.bigquery, [REJECTS_TABLE], NAMESPACE)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Load finished tables into BigQuery, inside the pipeline (so on every runner, Dataflow included).
+"""Load finished tables into BigQuery, inside the pipeline (so on every runner, Dataflow included); read
+a query's rows (QueryRowsFn, the label query of `--bigquery-sql`).
 
 Applied to what `WriteTables` emits (one manifest path per finished table): each element is a table whose
 shards, manifest and schema JSON are complete, and `medbeam.io.bigquery.load_table` replaces the BigQuery
@@ -8,13 +9,13 @@ the Parquet shards stay where they are.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from medbeam.io.bigquery import BigQueryTarget, ensure_dataset, load_table
+from medbeam.io.bigquery import BigQueryTarget, ensure_dataset, load_table, make_client, query_rows
 from medbeam.io.tables import MANIFEST
 
 
@@ -54,3 +55,29 @@ class LoadTablesFn(beam.DoFn):
     def teardown(self) -> None:
         if self._client is not None:
             self._client.close()
+
+
+def load_into_bigquery(
+    manifests: beam.PCollection, target: BigQueryTarget | None, names: Iterable[str], namespace: str
+) -> None:
+    """Every job's last step when it has `--bigquery-dataset`: the finished tables `names` (of the manifests
+    its WriteTables/WriteTable emitted) loaded into `target`; nothing without a target. Counter
+    `bigquery_tables_loaded` in the job's namespace."""
+    if target is not None:
+        _ = manifests | "Load into BigQuery" >> beam.ParDo(LoadTablesFn(target, list(names), namespace))
+
+
+class QueryRowsFn(beam.DoFn):
+    """SQL text → its result rows as dicts, paged (one query per element; a failure raises
+    BigQueryQueryError, one line, which fails the run)."""
+
+    def __init__(self, project: str | None, endpoint: str | None):
+        self._project = project
+        self._endpoint = endpoint
+
+    def process(self, sql: str) -> Iterator[dict[str, Any]]:
+        client = make_client(self._project, self._endpoint)
+        try:
+            yield from query_rows(client, sql)
+        finally:
+            client.close()

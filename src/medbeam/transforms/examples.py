@@ -121,8 +121,10 @@ def write_outputs(
     num_shards: int | None,
     target_shard_bytes: int,
     extra: dict[str, Any] | None = None,
+    bigquery: Any = None,
 ) -> None:
-    """Shards, rejects table and features.json: the sinks both TFRecord jobs share."""
+    """Shards, rejects table and features.json: the sinks both TFRecord jobs share; the rejects table
+    also loaded into BigQuery when `bigquery` (a BigQueryTarget) is given."""
     shards = records | "Write TFRecords" >> tfr.WriteExamples(prefix, num_shards, target_shard_bytes)
     table_dir, table = rejects_location(prefix)
     rejects_manifest = rejects | "Write rejects" >> tables.WriteTable(
@@ -131,6 +133,10 @@ def write_outputs(
     _ = p | "Describe" >> tfr.DescribeDataset(
         prefix, job, specs, stats, shards, rejects_manifest, count_names, extra
     )
+    if bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(rejects_manifest, bigquery, [table], NAMESPACE)
 
 
 class FilterPathsFn(beam.DoFn):
