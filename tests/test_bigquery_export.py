@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import json
 import math
 import shutil
+import threading
 from pathlib import Path
 
 import duckdb
@@ -168,3 +170,81 @@ def test_tables_on_gcs_are_loaded_by_uri(gcs_emulator, corpus, tmp_path):
         assert client.get_table(target.table_id("rejects")).num_rows == 1
         sql = f"SELECT Modality, COUNT(*) FROM `{target.table_id('dicom_metadata')}` GROUP BY 1 ORDER BY 1"
         assert [tuple(r) for r in client.query(sql)] == [("CT", 1), ("MR", 1), ("RTDOSE", 2), ("RTPLAN", 1)]
+
+
+def test_a_load_whose_shards_clash_with_the_schema_is_one_line_and_the_shards_stay(bigquery_emulator, corpus, tmp_path):
+    from medbeam.io.bigquery import BigQueryLoadError, load_table
+
+    config = ExportConfig(inputs=[str(corpus)], parquet_dir=str(tmp_path / "tables"), progress=False)
+    run(config, [])
+    schema_path = tmp_path / "tables" / "dicom_metadata.bigquery-schema.json"
+    schema = json.loads(schema_path.read_text())
+    for field in schema:
+        if field["name"] == "Modality":
+            field["type"] = "INTEGER"  # the shards hold text
+    schema_path.write_text(json.dumps(schema))
+    target = BigQueryTarget(bigquery_emulator.project, "clash", endpoint=bigquery_emulator.endpoint)
+    client = bigquery_emulator.client()
+    client.create_dataset(target.dataset, exists_ok=True)
+    with pytest.raises(BigQueryLoadError) as failed:
+        load_table(client, target, str(tmp_path / "tables"), "dicom_metadata")
+    message = str(failed.value)
+    where = f"loading {target.table_id('dicom_metadata')} from {tmp_path / 'tables'}/dicom_metadata: "
+    assert message.startswith(where)
+    assert "\n" not in message and "CT" in message  # the server's reason: 'CT' is no integer
+    assert (tmp_path / "tables" / "dicom_metadata" / "_manifest.json").exists()
+
+
+def test_a_rerun_replaces_a_table_of_another_schema(bigquery_emulator, corpus, tmp_path):
+    """WRITE_TRUNCATE takes the load's schema: a table left with other columns is replaced, not merged."""
+    target = BigQueryTarget(bigquery_emulator.project, "replaced", endpoint=bigquery_emulator.endpoint)
+    client = bigquery_emulator.client()
+    client.create_dataset(target.dataset, exists_ok=True)
+    sql = f"CREATE OR REPLACE TABLE `{target.table_id('dicom_metadata')}` AS SELECT 1 AS path, 'x' AS y"
+    client.query(sql).result()
+    config = ExportConfig(inputs=[str(corpus)], parquet_dir=str(tmp_path / "t"), progress=False, bigquery=target)
+    run(config, [])
+    table = client.get_table(target.table_id("dicom_metadata"))
+    assert table.num_rows == 5 and table.schema[0].name == "path" and table.schema[0].field_type == "STRING"
+    assert "y" not in {f.name for f in table.schema}
+
+
+class _NoSuchProject(http.server.BaseHTTPRequestHandler):
+    """What BigQuery answers for a project that does not exist (the emulator creates any project it is
+    asked for, so it cannot show this): a 404 with Google's error body."""
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"error": {"code": 404, "message": "Not found: Project nowhere-123456", "status": "NOT_FOUND",
+                                     "errors": [{"message": "Not found: Project nowhere-123456", "domain": "global",
+                                                 "reason": "notFound"}]}}).encode()  # fmt: skip
+        self.send_response(404)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_project_that_does_not_exist_is_one_line_and_exit_1(corpus, tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchProject)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = CliRunner().invoke(
+            app,
+            ["dicom", "export", "--input", str(corpus), "--parquet-dir", str(tmp_path / "t"), "--no-progress",
+             "--bigquery-dataset", "nowhere-123456:imaging",
+             "--bigquery-endpoint", f"http://127.0.0.1:{server.server_address[1]}"],
+        )  # fmt: skip
+    finally:
+        server.shutdown()
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if "nowhere-123456" in line]
+    assert lines == [
+        "error: dataset imaging in project nowhere-123456 at http://127.0.0.1:"
+        f"{server.server_address[1]}: NotFound: Not found: Project nowhere-123456"
+    ]
+    assert (tmp_path / "t" / "dicom_metadata" / "_manifest.json").exists()
