@@ -14,13 +14,15 @@ resizing is `medbeam.imaging.resize.resize_image` (INTER_AREA when shrinking); P
 
 from __future__ import annotations
 
+import io
+import math
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 from medbeam.imaging.encode import encode_png
-from medbeam.imaging.resize import fit_image
+from medbeam.imaging.resize import fit_image, plan_resize
 
 JPG, PNG = "jpg", "png"
 FORMATS = (JPG, PNG)
@@ -200,3 +202,31 @@ def transcode(
     if img.ndim == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA)
     return encode_png(img, png_compression)
+
+
+def shrink_jpeg(
+    data: bytes, height: int, width: int, *, resize_mode: str = "stretch", quality: int = DEFAULT_JPEG_QUALITY
+) -> bytes:
+    """JPEG bytes → a height × width JPEG, grey staying grey: decoded at the smallest libjpeg DCT scale
+    (1/2, 1/4, 1/8) that still covers the target (Pillow's `draft`), then the anti-aliased area resize.
+
+    Why: a 3000 × 2500 quality-95 chest X-ray to 320 × 320 spends most of its time decoding; DCT scaling
+    skips most of the inverse transform and all of the full-size pixels (PERF-NOTES: 33 ms vs 45 ms per
+    image, one core). The scaled decode is itself an average over 2^k × 2^k blocks, so the result is as
+    smooth as a full decode + area resize. Raises FormatMismatchError or ImageDecodeError for bad input.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    check_format(data, JPG)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode not in ("L", "RGB"):
+                img.draft("RGB", None)
+            plan = plan_resize(img.height, img.width, height, width, resize_mode)
+            crop_h, crop_w = plan.crop[2], plan.crop[3]
+            shrink = max(1.0, min(crop_h / plan.inner[0], crop_w / plan.inner[1]))
+            img.draft(img.mode, (math.ceil(img.width / shrink), math.ceil(img.height / shrink)))
+            pixels = np.asarray(img.convert("L" if img.mode == "L" else "RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes): {exc}") from None
+    return encode_jpeg(fit_image(pixels, height, width, resize_mode), quality, order="rgb")

@@ -482,6 +482,8 @@ class MemberEvent:
     output: str | None = None
     size: int = 0
     error: FileJobError | None = None
+    #: read_members: the member's bytes (its safe relative path is `output`).
+    data: bytes | None = None
 
 
 class ArchiveFailure(Exception):
@@ -523,6 +525,46 @@ def untar(
     stay written; a member cut short is deleted), or trips the bomb guard (no further member is read).
     """
     storage = storage or Storage()
+
+    def write(info: tarfile.TarInfo, relative: str, source: BinaryIO) -> MemberEvent:
+        output = output_path_for(relative)
+        if reserved(output):
+            raise UnsafeMemberError(f"{info.name!r} would overwrite this job's own tables at {output}")
+        try:
+            size = _copy_stream(source, output, storage)
+        except WriteError as exc:
+            return MemberEvent("rejected", info.name, output=output, error=exc)
+        return MemberEvent("written", info.name, output=output, size=size)
+
+    yield from _members(archive, archive_size, limits, storage, write)
+
+
+def read_members(
+    archive: str, archive_size: int, limits: Limits, max_member_bytes: int, storage: Storage | None = None
+) -> Iterator[MemberEvent]:
+    """Stream the members of one tar archive into memory, one at a time: a 'read' MemberEvent per regular
+    member with its bytes in `data` and its safe relative path in `output`; unsafe members and members over
+    `max_member_bytes` are 'rejected'. The same guards and failures (ArchiveFailure) as untar()."""
+    storage = storage or Storage()
+
+    def read(info: tarfile.TarInfo, relative: str, source: BinaryIO) -> MemberEvent:
+        if info.size > max_member_bytes:
+            limit = format_size(max_member_bytes)
+            raise UnsafeMemberError(f"{format_size(info.size)}, larger than the {limit} a member may have here")
+        data = _read_exactly(source, info.size)
+        return MemberEvent("read", info.name, output=relative, size=len(data), data=data)
+
+    yield from _members(archive, archive_size, limits, storage, read)
+
+
+def _members(
+    archive: str,
+    archive_size: int,
+    limits: Limits,
+    storage: Storage,
+    handle: Callable[[tarfile.TarInfo, str, BinaryIO], MemberEvent],
+) -> Iterator[MemberEvent]:
+    """Open one archive and hand each safe regular member to `handle(info, safe relative path, stream)`."""
     with storage.open(archive) as raw:
         fmt, stream = open_decompressed(raw)
         try:
@@ -542,10 +584,10 @@ def untar(
             else:  # the compression layer failed (tarfile reads ahead: small archives fail here)
                 error = CorruptArchiveError(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}")
             raise ArchiveFailure(error) from exc
-        yield from _untar_members(tf, stream, fmt, archive_size, output_path_for, limits, reserved, storage)
+        yield from _each_member(tf, stream, fmt, archive_size, limits, handle)
 
 
-def _untar_members(tf, stream, fmt, archive_size, output_path_for, limits, reserved, storage) -> Iterator[MemberEvent]:
+def _each_member(tf, stream, fmt, archive_size, limits, handle) -> Iterator[MemberEvent]:
     expanded = 0
     current: str | None = None
     try:
@@ -566,19 +608,11 @@ def _untar_members(tf, stream, fmt, archive_size, output_path_for, limits, reser
                 if refusal is not None:
                     raise UnsafeMemberError(f"{refusal}: refused")
                 relative = safe_relative_path(info.name)
-                output = output_path_for(relative)
-                if reserved(output):
-                    raise UnsafeMemberError(f"{info.name!r} would overwrite this job's own tables at {output}")
+                event = handle(info, relative, tf.extractfile(info))
             except UnsafeMemberError as exc:
                 yield MemberEvent("rejected", info.name, error=exc)
                 continue
-            source = tf.extractfile(info)
-            try:
-                size = _copy_stream(source, output, storage)
-            except WriteError as exc:
-                yield MemberEvent("rejected", info.name, output=output, error=exc)
-                continue
-            yield MemberEvent("written", info.name, output=output, size=size)
+            yield event
         current = None
         end = getattr(tf, "medbeam_end", None)
         if end != "eof":

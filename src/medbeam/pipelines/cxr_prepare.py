@@ -1,0 +1,375 @@
+"""Chest X-ray datasets → frontal/lateral/other TFRecords, resized JPGs and a labels table (`cxr prepare`),
+as Google's prepare_mimic_cxr.py did for the 2019 MIMIC-CXR release, for the layouts of medbeam.datasets.cxr.
+
+    tars → stream members ─┐ (or image files → read)      resized where read: only small JPGs are joined
+                           ├→ (key, image) ──────────────┐
+    label CSVs → rows ─────┴→ (key, label row) ──────────┴→ CoGroupByKey → one image + one label row?
+    v2: images ⋈ metadata (numbered per study) ⋈ split on dicom_id, then ⋈ study labels (fanned out)
+        → records ─┬→ by view → {tfrecord-dir}/{frontal,lateral,other}-SSSSS-of-NNNNN.tfrecord + .features.json
+                   ├→ {jpg-dir}/{path in the dataset}
+                   └→ labels table;  everything refused → rejects table (uri, stage, reason)
+
+Counts: `N images in, M records (frontal F, lateral L, other O), K rejected; R label rows, U without image`,
+with N = M + K.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import pyarrow as pa
+
+from medbeam.datasets import cxr
+from medbeam.imaging.codec import DEFAULT_JPEG_QUALITY
+from medbeam.imaging.resize import check_resize_mode
+from medbeam.io import archives, files, tables
+from medbeam.io import tfrecord as tfr
+from medbeam.pipelines import runner
+from medbeam.transforms.cxr import (
+    NAMESPACE,
+    REJECTS,
+    ImageSettings,
+    JoinLabelsFn,
+    JoinMetadataFn,
+    ReadCsvFn,
+    ReadImageFileFn,
+    ReadTarImagesFn,
+    number_study_images,
+)
+from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.outputs import ReplaceOutputs, outputs_table
+from medbeam.transforms.progress import ProgressTicker
+
+LABELS_TABLE = "labels"
+JOB = "cxr prepare"
+DEFAULT_PARQUET_DIR = "medbeam-cxr"
+#: One core's cost per image (decode at DCT scale + resize + encode + joins), for the local choice.
+COST = runner.CostModel(seconds_per_file=0.04)
+_ARROW = {"string": pa.string(), "int": pa.int64(), "date": pa.date32(), "time": pa.time64("us")}
+_V2_FILES = {
+    "metadata": "mimic-cxr-2.0.0-metadata.csv.gz",
+    "split": "mimic-cxr-2.0.0-split.csv.gz",
+    "chexpert": "mimic-cxr-2.0.0-chexpert.csv.gz",
+    "negbio": "mimic-cxr-2.0.0-negbio.csv.gz",
+}
+
+
+@dataclass
+class CxrConfig:
+    """Everything `medbeam cxr prepare` takes; usable from Python as a library call."""
+
+    layout: str
+    input_tars: list[str] = field(default_factory=list)
+    input_csv: list[str] = field(default_factory=list)
+    #: The dataset's folder (2019: tars + CSVs; v2: files/ + the CSVs; CheXpert: the folder with train.csv).
+    input_dir: str | None = None
+    output_jpg_dir: str | None = None
+    output_tfrecord_dir: str | None = None
+    #: (height, width) of the output images; None keeps the source JPGs as they are.
+    image_shape: tuple[int, int] | None = (320, 320)
+    resize_mode: str = "stretch"
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    #: v2: which labeller's CSV (chexpert or negbio).
+    labeler: str = "chexpert"
+    parquet_dir: str | None = None
+    duckdb_path: str | None = None
+    num_shards: int | None = None
+    target_shard_bytes: int = tfr.DEFAULT_SHARD_BYTES
+    rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
+    progress: bool = True
+    #: Also load the tables into BigQuery: a medbeam.io.bigquery.BigQueryTarget.
+    bigquery: Any = None
+
+    def __post_init__(self) -> None:
+        cxr.check_layout(self.layout)
+        if not self.input_tars and self.input_dir is None:
+            raise ValueError("give --input-dir (the dataset's folder) or --input-tars")
+        if self.layout == cxr.MIMIC_2019 and not self.input_csv and self.input_dir is None:
+            raise ValueError("mimic-cxr-2019 needs the label CSVs: --input-csv train.csv.gz (or --input-dir)")
+        if self.layout == cxr.MIMIC_JPG and self.input_dir is None:
+            raise ValueError("mimic-cxr-jpg needs --input-dir: the folder with the metadata and split CSVs")
+        if self.labeler not in ("chexpert", "negbio"):
+            raise ValueError(f"--labeler must be chexpert or negbio, got {self.labeler!r}")
+        if self.output_jpg_dir is None and self.output_tfrecord_dir is None and self.duckdb_path is None \
+                and self.parquet_dir is None:  # fmt: skip
+            raise ValueError("nothing to write: give --output-tfrecord-dir, --output-jpg-dir and/or --duckdb")
+        if self.image_shape is not None:
+            if len(self.image_shape) != 2 or min(self.image_shape) < 1:
+                raise ValueError(f"--output-image-shape takes H W, got {self.image_shape}")
+            self.image_shape = (int(self.image_shape[0]), int(self.image_shape[1]))
+        check_resize_mode(self.resize_mode)
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("--jpeg-quality must be 1-100")
+        runner.check_duckdb_path(self.duckdb_path)
+        if self.parquet_dir is None:
+            self.parquet_dir = (
+                tables.default_parquet_dir(self.duckdb_path) if self.duckdb_path else DEFAULT_PARQUET_DIR
+            )
+        for name in ("output_jpg_dir", "output_tfrecord_dir", "input_dir", "parquet_dir"):
+            value = getattr(self, name)
+            if value is not None and not files.has_scheme(value):
+                setattr(self, name, os.path.abspath(os.path.expanduser(value)))
+
+    # The inputs, resolved from the flags and the layout's file names.
+
+    @property
+    def tar_patterns(self) -> list[str]:
+        if self.input_tars:
+            return [files.input_pattern(t) for t in self.input_tars]
+        if self.layout == cxr.MIMIC_2019:
+            return [files.join(self.input_dir, "*.tar*")]
+        return []
+
+    @property
+    def image_patterns(self) -> list[str]:
+        """Loose image files (when no tars are given): every .jpg below the dataset folder."""
+        if self.input_tars or self.layout == cxr.MIMIC_2019:
+            return []
+        root = files.join(self.input_dir, "files") if self.layout == cxr.MIMIC_JPG else self.input_dir
+        return [files.join(root, "**")]
+
+    @property
+    def label_csvs(self) -> list[str]:
+        if self.input_csv:
+            return [files.input_pattern(c) for c in self.input_csv]
+        if self.layout == cxr.MIMIC_2019:
+            return [files.join(self.input_dir, "*.csv.gz")]
+        if self.layout == cxr.MIMIC_JPG:
+            return [files.join(self.input_dir, _V2_FILES[self.labeler])]
+        return [files.join(self.input_dir, name) for name in ("train.csv", "valid.csv")
+                if files.has_scheme(self.input_dir) or os.path.exists(os.path.join(self.input_dir, name))]  # fmt: skip
+
+    def v2_csv(self, kind: str) -> str:
+        return files.join(self.input_dir, _V2_FILES[kind])
+
+    def prefix(self, view: str) -> str:
+        return files.join(self.output_tfrecord_dir, view)
+
+
+@dataclass
+class CxrCounts:
+    images_in: int = 0
+    records_written: int = 0
+    records_frontal: int = 0
+    records_lateral: int = 0
+    records_other: int = 0
+    images_rejected: int = 0
+    archives_in: int = 0
+    archives_rejected: int = 0
+    label_rows_in: int = 0
+    label_rows_matched: int = 0
+    labels_rows_rejected: int = 0
+    label_rows_without_image: int = 0
+    duplicate_label_rows: int = 0
+    duplicate_images: int = 0
+    metadata_rows_without_image: int = 0
+    stale_outputs_removed: int = 0
+    rejected_by_stage: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        return self.images_rejected
+
+    def summary(self) -> str:
+        line = (
+            f"{self.images_in} images in, {self.records_written} records (frontal {self.records_frontal}, "
+            f"lateral {self.records_lateral}, other {self.records_other}), {self.images_rejected} rejected; "
+            f"{self.label_rows_in} label rows, {self.label_rows_without_image} without image"
+        )
+        extras = []
+        if self.labels_rows_rejected:
+            extras.append(f"{self.labels_rows_rejected} label rows unreadable")
+        if self.duplicate_label_rows:
+            extras.append(f"{self.duplicate_label_rows} in duplicate groups")
+        if self.archives_rejected:
+            extras.append(f"{self.archives_rejected} of {self.archives_in} archives failed")
+        if self.stale_outputs_removed:
+            extras.append(f"{self.stale_outputs_removed} stale JPGs removed")
+        return line + (f" ({'; '.join(extras)})" if extras else "")
+
+
+def labels_schema(layout: str) -> pa.Schema:
+    return pa.schema([(name, _ARROW[kind]) for name, kind in cxr.table_columns(layout)])
+
+
+def feature_specs(config: CxrConfig) -> list[tfr.FeatureSpec]:
+    image: dict[str, Any] = {"format": "jpg"}
+    if config.image_shape is not None:
+        image.update(height=config.image_shape[0], width=config.image_shape[1], resize_mode=config.resize_mode,
+                     jpeg_quality=config.jpeg_quality)  # fmt: skip
+    return [
+        tfr.FeatureSpec(name, dtype, description=text, image=image if name == "jpg_bytes" else None)
+        for name, dtype, text in cxr.feature_names(config.layout)
+    ]
+
+
+def _encode(layout: str, record: cxr.CxrRecord) -> tuple[str, bytes]:
+    return record.image.relpath, tfr.encode_example(cxr.record_features(layout, record))
+
+
+def _stats(layout: str, record: cxr.CxrRecord) -> dict[str, int]:
+    features = cxr.record_features(layout, record)
+    stats = {"records_written": 1}
+    stats.update({tfr.present_key(name): 1 for name, value in features.items() if value is not None})
+    return stats
+
+
+class _WriteJpgFn(beam.DoFn):
+    def __init__(self, jpg_dir: str):
+        self._dir = jpg_dir
+
+    def process(self, record: cxr.CxrRecord):
+        path = files.join(self._dir, record.image.relpath)
+        files.write_bytes(path, record.jpg, "image/jpeg")
+        yield path
+
+
+def _count_view(record: cxr.CxrRecord) -> cxr.CxrRecord:
+    from medbeam.transforms.cxr import count
+
+    count("records_written")
+    count(f"records_{record.view_name}")
+    return record
+
+
+def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = None) -> None:
+    """Wire `cxr prepare` into `p`."""
+    layout = config.layout
+    settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality)
+    rejects = []
+    image_sets = []
+    if config.tar_patterns:
+        from medbeam.transforms.files import match_inputs
+
+        tars = match_inputs(p, config.tar_patterns, config.parquet_dir) | "Spread tars" >> beam.Reshuffle()
+        storage = files.Storage(files.s3_options_of(p.options))
+        read = tars | "Read tars" >> beam.ParDo(
+            ReadTarImagesFn(settings, archives.Limits(), storage, ticker)
+        ).with_outputs(REJECTS, main="images")
+        image_sets.append(read.images)
+        rejects.append(read[REJECTS])
+    if config.image_patterns:
+        paths = (
+            p
+            | "Image patterns" >> beam.Create(config.image_patterns)
+            | "Match images" >> beam.io.fileio.MatchAll()
+            | "JPG files" >> beam.FlatMap(lambda m: [m.path] if m.path.lower().endswith(".jpg") else [])
+            | "Spread images" >> beam.Reshuffle()
+        )
+        read = paths | "Read images" >> beam.ParDo(ReadImageFileFn(settings, ticker)).with_outputs(
+            REJECTS, main="images"
+        )
+        image_sets.append(read.images)
+        rejects.append(read[REJECTS])
+    images = image_sets | "All images" >> beam.Flatten()
+
+    def csv_rows(name: str, patterns: list[str], kind: str):
+        matched = (
+            p
+            | f"{name} CSVs" >> beam.Create(patterns)
+            | f"Match {name}" >> beam.io.fileio.MatchAll()
+            | f"{name} paths" >> beam.Map(lambda m: m.path)
+        )
+        out = matched | f"Read {name}" >> beam.ParDo(ReadCsvFn(layout, kind)).with_outputs(REJECTS, main="rows")
+        rejects.append(out[REJECTS])
+        return out.rows
+
+    labels = csv_rows("Label", config.label_csvs, "labels")
+    if layout == cxr.MIMIC_JPG:
+        metadata = (
+            csv_rows("Metadata", [config.v2_csv("metadata")], "metadata")
+            | "By study" >> beam.GroupByKey()
+            | "Number images" >> beam.FlatMap(number_study_images)
+        )
+        split = csv_rows("Split", [config.v2_csv("split")], "split")
+        with_meta = (
+            {"images": images, "metadata": metadata, "split": split}
+            | "Join metadata" >> beam.CoGroupByKey()
+            | "One metadata row" >> beam.ParDo(JoinMetadataFn()).with_outputs(REJECTS, main="images")
+        )
+        rejects.append(with_meta[REJECTS])
+        images = with_meta.images
+    joined = (
+        {"images": images, "labels": labels}
+        | "Join labels" >> beam.CoGroupByKey()
+        | "One label row" >> beam.ParDo(JoinLabelsFn(fan_out=layout == cxr.MIMIC_JPG)).with_outputs(
+            REJECTS, main="records"
+        )
+    )
+    rejects.append(joined[REJECTS])
+    records = joined.records | "Count records" >> beam.Map(_count_view)
+
+    table_rows = records | "Label rows" >> beam.Map(lambda r: cxr.table_row(layout, r))
+    specs = [
+        tables.TableSpec(LABELS_TABLE, labels_schema(layout), ("path",)),
+        tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
+    ]
+    rows = {LABELS_TABLE: table_rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
+    if config.output_jpg_dir is not None:
+        written = records | "Write JPGs" >> beam.ParDo(_WriteJpgFn(config.output_jpg_dir))
+        rows["outputs"] = written | "JPG manifest" >> ReplaceOutputs(config.output_jpg_dir, NAMESPACE)
+        specs.append(outputs_table(config.output_jpg_dir))
+    manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
+    if config.output_tfrecord_dir is not None:
+        _write_records(p, config, records, manifests)
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(manifests, config.bigquery, [LABELS_TABLE, REJECTS_TABLE], NAMESPACE)
+
+
+def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> None:
+    """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table)."""
+    layout = config.layout
+    by_view = records | "By view" >> beam.Partition(
+        lambda r, _n: r.image.view if r.image.view is not None else cxr.OTHER, len(cxr.VIEW_NAMES)
+    )
+    rejects_manifest = manifests | "Rejects manifest" >> beam.Filter(
+        lambda path: path.endswith(f"/{REJECTS_TABLE}/{tables.MANIFEST}")
+    )
+    specs = feature_specs(config)
+    for index, view in enumerate(cxr.VIEW_NAMES):
+        prefix = config.prefix(view)
+        part = by_view[index]
+        shards = (
+            part
+            | f"Encode {view}" >> beam.Map(lambda r: _encode(layout, r))
+            | f"Write {view}" >> tfr.WriteExamples(prefix, config.num_shards, config.target_shard_bytes)
+        )
+        stats = part | f"Stats {view}" >> beam.Map(lambda r: _stats(layout, r))
+        _ = p | f"Describe {view}" >> tfr.DescribeDataset(
+            prefix, JOB, specs, stats, shards, rejects_manifest, ("records_written",),
+            {"layout": layout, "view": index},
+        )  # fmt: skip
+
+
+def run(config: CxrConfig, beam_args: list[str] | None = None) -> CxrCounts:
+    """Run `cxr prepare` to completion; counts from Beam Metrics; tables into DuckDB when asked."""
+    options = runner.pipeline_options(beam_args)
+    files.check_inputs_exist(config.tar_patterns or config.image_patterns, "--input-tars/--input-dir")
+    files.check_inputs_exist(config.label_csvs, "--input-csv")
+    if config.layout == cxr.MIMIC_JPG:
+        files.check_inputs_exist([config.v2_csv("metadata"), config.v2_csv("split")], "--input-dir")
+    if config.output_jpg_dir is not None:
+        files.check_writable_dir(config.output_jpg_dir, "--output-jpg-dir")
+    if config.output_tfrecord_dir is not None:
+        files.check_writable_dir(config.output_tfrecord_dir, "--output-tfrecord-dir")
+    listing = config.tar_patterns or config.image_patterns
+    sizes = runner.listed_sizes(listing) if runner.is_local_runner(options) else {}
+    estimate = sum(sizes.values()) / 1.5e6 if config.tar_patterns else len(sizes)  # ~1.5 MB per image
+    plan = runner.LocalPlan(lambda: COST.seconds(int(estimate)))
+    result = runner.run_job(
+        lambda p, tickers: build(p, config, tickers["images"]),
+        beam_args,
+        plan,
+        progress={"images": None},
+        show_progress=config.progress,
+        options=options,
+    )
+    values = runner.counters(result, NAMESPACE)
+    counts = runner.counts_of(CxrCounts, values, rejected_by_stage=runner.by_stage(values))
+    runner.load_tables(config.duckdb_path, config.parquet_dir, [LABELS_TABLE, REJECTS_TABLE])
+    return counts
