@@ -1,0 +1,1 @@
+"""Synthetic datasets in published layouts, for tests, demos, benchmarks and tutorials."""
