@@ -106,12 +106,12 @@ class ImageKey:
     dicom_id: str | None = None
 
 
-_2019_PATH = re.compile(r"(?:^|/)((train|valid)/p(\d+)/s(\d+)/view(\d+)_(frontal|lateral|other)\.jpg)$")
+_2019_PATH = re.compile(r"(?:^|[/!])((train|valid)/p(\d+)/s(\d+)/view(\d+)_(frontal|lateral|other)\.jpg)$")
 _JPG_PATH = re.compile(
-    r"(?:^|/)(files/p\d\d/p(\d{8})/s(\d{8})/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.jpg)$"
+    r"(?:^|[/!])(files/p\d\d/p(\d{8})/s(\d{8})/([0-9a-f]{8}(?:-[0-9a-f]{8}){4})\.jpg)$"
 )
 _CHEXPERT_PATH = re.compile(
-    r"(?:^|/)((CheXpert-v1\.0(?:-small)?)/(train|valid|test)/patient(\d+)/study(\d+)/view(\d+)_(frontal|lateral)\.jpg)$"
+    r"(?:^|[/!])((CheXpert-v1\.0(?:-small)?)/(train|valid|test)/patient(\d+)/study(\d+)/view(\d+)_(frontal|lateral)\.jpg)$"
 )
 _EXPECTED = {
     MIMIC_2019: "(train|valid)/p<patient>/s<study>/view<n>_(frontal|lateral|other).jpg",

@@ -29,6 +29,7 @@ from medbeam.io import archives, files, tables
 from medbeam.io import tfrecord as tfr
 from medbeam.pipelines import runner
 from medbeam.transforms.cxr import (
+    FAILED,
     NAMESPACE,
     REJECTS,
     ImageSettings,
@@ -163,6 +164,7 @@ class CxrCounts:
     label_rows_matched: int = 0
     labels_rows_rejected: int = 0
     label_rows_without_image: int = 0
+    label_rows_image_rejected: int = 0
     duplicate_label_rows: int = 0
     duplicate_images: int = 0
     metadata_rows_without_image: int = 0
@@ -180,6 +182,8 @@ class CxrCounts:
             f"{self.label_rows_in} label rows, {self.label_rows_without_image} without image"
         )
         extras = []
+        if self.label_rows_image_rejected:
+            extras.append(f"{self.label_rows_image_rejected} label rows whose image was rejected")
         if self.labels_rows_rejected:
             extras.append(f"{self.labels_rows_rejected} label rows unreadable")
         if self.duplicate_label_rows:
@@ -240,7 +244,7 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
     layout = config.layout
     settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality)
     rejects = []
-    image_sets = []
+    image_sets, failed_sets = [], []
     if config.tar_patterns:
         from medbeam.transforms.files import match_inputs
 
@@ -248,8 +252,9 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         storage = files.Storage(files.s3_options_of(p.options))
         read = tars | "Read tars" >> beam.ParDo(
             ReadTarImagesFn(settings, archives.Limits(), storage, ticker)
-        ).with_outputs(REJECTS, main="images")
+        ).with_outputs(REJECTS, FAILED, main="images")
         image_sets.append(read.images)
+        failed_sets.append(read[FAILED])
         rejects.append(read[REJECTS])
     if config.image_patterns:
         paths = (
@@ -260,11 +265,13 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
             | "Spread images" >> beam.Reshuffle()
         )
         read = paths | "Read images" >> beam.ParDo(ReadImageFileFn(settings, ticker)).with_outputs(
-            REJECTS, main="images"
+            REJECTS, FAILED, main="images"
         )
         image_sets.append(read.images)
+        failed_sets.append(read[FAILED])
         rejects.append(read[REJECTS])
     images = image_sets | "All images" >> beam.Flatten()
+    failed = failed_sets | "All failed images" >> beam.Flatten()
 
     def csv_rows(name: str, patterns: list[str], kind: str):
         matched = (
@@ -286,14 +293,14 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         )
         split = csv_rows("Split", [config.v2_csv("split")], "split")
         with_meta = (
-            {"images": images, "metadata": metadata, "split": split}
+            {"images": images, "failed": failed, "metadata": metadata, "split": split}
             | "Join metadata" >> beam.CoGroupByKey()
-            | "One metadata row" >> beam.ParDo(JoinMetadataFn()).with_outputs(REJECTS, main="images")
+            | "One metadata row" >> beam.ParDo(JoinMetadataFn()).with_outputs(REJECTS, FAILED, main="images")
         )
         rejects.append(with_meta[REJECTS])
-        images = with_meta.images
+        images, failed = with_meta.images, with_meta[FAILED]
     joined = (
-        {"images": images, "labels": labels}
+        {"images": images, "failed": failed, "labels": labels}
         | "Join labels" >> beam.CoGroupByKey()
         | "One label row" >> beam.ParDo(JoinLabelsFn(fan_out=layout == cxr.MIMIC_JPG)).with_outputs(
             REJECTS, main="records"

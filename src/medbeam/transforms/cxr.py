@@ -24,6 +24,8 @@ from medbeam.transforms.progress import ProgressTicker
 
 NAMESPACE = "medbeam.cxr"
 REJECTS = "rejects"
+#: (join key, uri) of an image whose path parsed but whose bytes were refused: its label row then says so.
+FAILED = "failed"
 #: A tar member larger than this is not taken for a chest X-ray JPG (and never read into memory).
 MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
@@ -38,26 +40,32 @@ class ImageSettings:
     def __init__(self, layout: str, shape: tuple[int, int] | None, resize_mode: str, quality: int):
         self.layout, self.shape, self.resize_mode, self.quality = layout, shape, resize_mode, quality
 
-    def prepare(self, uri: str, path: str, data: bytes) -> tuple[str, dict[str, Any]]:
-        """(join key, image dict) of one image; UnknownPathError, FormatMismatchError or ImageDecodeError."""
-        key = cxr.parse_image_path(self.layout, path)
-        if self.shape is None:
-            check_format(data, "jpg")
-            shrink_jpeg(data, 1, 1)  # decodes the whole file at 1/8 scale: a truncated one fails here
-            jpg = data
-        else:
-            jpg = shrink_jpeg(data, *self.shape, resize_mode=self.resize_mode, quality=self.quality)
-        return key.key, {"uri": uri, "image": key, "jpg": jpg}
+    def prepare(self, uri: str, path: str, data: bytes) -> Iterator[Any]:
+        """(join key, image dict) of one image, or its reject (unknown path, not a JPEG, undecodable) and,
+        when the path named a key, (key, uri) on FAILED."""
+        try:
+            key = cxr.parse_image_path(self.layout, path)
+        except cxr.UnknownPathError as exc:
+            yield _image_reject(uri, "path", exc)
+            return
+        try:
+            if self.shape is None:
+                check_format(data, "jpg")
+                shrink_jpeg(data, 1, 1)  # decodes the whole file at 1/8 scale: a truncated one fails here
+                jpg = data
+            else:
+                jpg = shrink_jpeg(data, *self.shape, resize_mode=self.resize_mode, quality=self.quality)
+        except (FormatMismatchError, ImageDecodeError) as exc:
+            yield _image_reject(uri, "decode", exc)
+            yield TaggedOutput(FAILED, (key.key, {"uri": uri, "reason": f"{type(exc).__name__}: {exc}"}))
+            return
+        yield key.key, {"uri": uri, "image": key, "jpg": jpg}
 
 
-def _image_reject(uri: str, exc: Exception) -> TaggedOutput:
-    stage = "path" if isinstance(exc, cxr.UnknownPathError) else "decode"
+def _image_reject(uri: str, stage: str, exc: Exception) -> TaggedOutput:
     count("images_rejected")
     count(f"rejected.{stage}")
     return TaggedOutput(REJECTS, reject(uri, stage, exc))
-
-
-_IMAGE_ERRORS = (cxr.UnknownPathError, FormatMismatchError, ImageDecodeError)
 
 
 class ReadTarImagesFn(beam.DoFn):
@@ -83,10 +91,7 @@ class ReadTarImagesFn(beam.DoFn):
                     count(f"rejected.{event.error.stage}")
                     yield TaggedOutput(REJECTS, reject(uri, event.error.stage, event.error))
                     continue
-                try:
-                    yield self._settings.prepare(uri, event.output, event.data)
-                except _IMAGE_ERRORS as exc:
-                    yield _image_reject(uri, exc)
+                yield from self._settings.prepare(uri, event.output, event.data)
         except archives.ArchiveFailure as failure:
             count("archives_rejected")
             uri = member_uri(archive, failure.member) if failure.member else archive
@@ -113,10 +118,7 @@ class ReadImageFileFn(beam.DoFn):
             count("rejected.read")
             yield TaggedOutput(REJECTS, reject(path, "read", exc))
             return
-        try:
-            yield self._settings.prepare(path, path, data)
-        except _IMAGE_ERRORS as exc:
-            yield _image_reject(path, exc)
+        yield from self._settings.prepare(path, path, data)
 
 
 class ReadCsvFn(beam.DoFn):
@@ -200,18 +202,35 @@ def _refuse_images(images: list[dict[str, Any]], message: str, error_type: str) 
 
 
 class JoinMetadataFn(beam.DoFn):
-    """v2, per dicom_id: {images, metadata, split} → (study key, image with view, dataset, image number,
-    metadata); an image without exactly one metadata and split row is a reject. Metadata rows without an
-    image are counted only (a download of part of the dataset is normal)."""
+    """v2, per dicom_id: {images, failed, metadata, split} → (study key, image with view, dataset, image
+    number, metadata). Copies whose path disagrees with the metadata's subject/study are refused first
+    (`IdMismatch`), then duplicates; an image without exactly one metadata and split row is a reject. An
+    image refused earlier passes its reason on (under FAILED) to the study's label row. Metadata rows
+    without an image are counted only (a download of part of the dataset is normal)."""
 
     def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
         dicom_id, groups = element
-        images, metas, splits = groups["images"], groups["metadata"], groups["split"]
+        images, metas, splits = list(groups["images"]), groups["metadata"], groups["split"]
+        if len(metas) == 1:
+            meta = metas[0]["meta"]
+            for failed in groups["failed"]:
+                yield TaggedOutput(FAILED, (cxr.study_key(meta.subject_id, meta.study_id), failed))
         if not images:
             count("metadata_rows_without_image", len(metas))
             return
+        if len(metas) != 1:
+            error = "NoMetadata" if not metas else "DuplicateMetadata"
+            yield from _refuse_images(images, f"{len(metas)} metadata rows for dicom_id {dicom_id}", error)
+            return
+        meta = metas[0]["meta"]
+        agree = [i for i in images if (i["image"].patient, i["image"].study) == (meta.subject_id, meta.study_id)]
+        for image in images:
+            if image not in agree:
+                key: cxr.ImageKey = image["image"]
+                message = f"path says p{key.patient}/s{key.study}, metadata says p{meta.subject_id}/s{meta.study_id}"
+                yield from _refuse_images([image], message, "IdMismatch")
         chosen = []
-        for item in _one_image(images, f"dicom_id {dicom_id}"):
+        for item in _one_image(agree, f"dicom_id {dicom_id}"):
             if isinstance(item, TaggedOutput):
                 yield item
             else:
@@ -219,20 +238,11 @@ class JoinMetadataFn(beam.DoFn):
         if not chosen:
             return
         image = chosen[0]
-        if len(metas) != 1:
-            error = "NoMetadata" if not metas else "DuplicateMetadata"
-            yield from _refuse_images([image], f"{len(metas)} metadata rows for dicom_id {dicom_id}", error)
-            return
         if len({split["dataset"] for split in splits}) != 1:
             error = "NoSplit" if not splits else "ConflictingSplit"
             yield from _refuse_images([image], f"{len(splits)} split rows for dicom_id {dicom_id}", error)
             return
-        meta = metas[0]["meta"]
-        key: cxr.ImageKey = image["image"]
-        if (key.patient, key.study) != (meta.subject_id, meta.study_id):
-            message = f"path says p{key.patient}/s{key.study}, metadata says p{meta.subject_id}/s{meta.study_id}"
-            yield from _refuse_images([image], message, "IdMismatch")
-            return
+        key = image["image"]
         full = cxr.ImageKey(key.key, key.relpath, key.patient, key.study, metas[0]["index"], meta.view,
                             splits[0]["dataset"], key.dicom_id)  # fmt: skip
         yield cxr.study_key(meta.subject_id, meta.study_id), {**image, "image": full, "extra": dict(meta.columns)}
@@ -250,9 +260,15 @@ class JoinLabelsFn(beam.DoFn):
         key, groups = element
         images, labels = list(groups["images"]), sorted(groups["labels"], key=lambda r: r["uri"])
         if not images:
+            failed = sorted(groups.get("failed", []), key=lambda f: f["uri"])
             for row in labels:
-                count("label_rows_without_image")
-                yield TaggedOutput(REJECTS, reject(row["uri"], "join", f"no image for {key}", "NoImage"))
+                if failed:
+                    count("label_rows_image_rejected")
+                    message = f"its image was rejected: {failed[0]['uri']} ({failed[0]['reason']})"
+                    yield TaggedOutput(REJECTS, reject(row["uri"], "join", message, "ImageRejected"))
+                else:
+                    count("label_rows_without_image")
+                    yield TaggedOutput(REJECTS, reject(row["uri"], "join", f"no image for {key}", "NoImage"))
             return
         if not self._fan_out:
             chosen = []
@@ -265,6 +281,12 @@ class JoinLabelsFn(beam.DoFn):
         if not labels:
             yield from _refuse_images(images, f"no label row for {key}", "NoLabel")
             return
+        if len(labels) > 1 and all(r["row"] == labels[0]["row"] for r in labels[1:]):
+            for extra_row in labels[1:]:  # the same row again: harmless, kept once, reported
+                count("duplicate_label_rows")
+                message = f"the same label row as {labels[0]['uri']} for {key}: that one is used"
+                yield TaggedOutput(REJECTS, reject(extra_row["uri"], "join", message, "RepeatedLabelRow"))
+            labels = labels[:1]
         if len(labels) > 1:
             count("duplicate_label_rows", len(labels))
             rows = ", ".join(r["uri"] for r in labels)
