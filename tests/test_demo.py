@@ -23,3 +23,16 @@ def test_demo_exports_the_corpus_and_reports_tables_pngs_and_tfrecords(tmp_path,
     rtdose = re.search(r"^\s+RTDOSE\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)", out, re.MULTILINE)
     assert rtdose is not None and tuple(map(int, rtdose.groups())) == (7, 1, 1, 15)
     assert re.search(r"badVR\.dcm\s+rtdose\.dcm\s+1\.9\.999\.999\.99\.9\.9999\.9999\.20030818153516", out)
+
+
+def test_cxr_demo_prepares_a_generated_mimic_sample(tmp_path, capsys):
+    from medbeam.demo import run_cxr_demo
+
+    run_cxr_demo(tmp_path, progress=False)
+    out = capsys.readouterr().out
+    images_in, records, frontal, lateral, other, rejected = map(int, re.search(
+        r"(\d+) images in, (\d+) records \(frontal (\d+), lateral (\d+), other (\d+)\), (\d+) rejected", out
+    ).groups())  # fmt: skip
+    assert images_in == records + rejected and records == frontal + lateral + other and rejected == 4
+    assert "Label distribution per view" in out and re.search(r"cardiomegaly\s+\d+ / \d+", out)
+    assert len(list((tmp_path / "cxr" / "jpg").rglob("*.jpg"))) == records

@@ -99,6 +99,53 @@ def run_demo(out: Path, progress: bool = True) -> None:
     _print_tfrecords(config.tfrecord_prefix)
 
 
+def run_cxr_demo(out: Path, progress: bool = True) -> None:
+    """`cxr prepare` on a generated sample in the 2019 MIMIC-CXR layout (tars + gzipped label CSVs, a few
+    bad cases included), then the counts and the label distribution per view from the labels table."""
+    from medbeam.datasets import cxr
+    from medbeam.datasets.cxr_synthetic import write_mimic_cxr_2019
+    from medbeam.pipelines.cxr_prepare import CxrConfig, run
+
+    sample_dir = out / "cxr-sample"
+    bad = ["missing_image", "unlabelled_image", "not_jpeg", "invalid_label"]
+    write_mimic_cxr_2019(sample_dir, patients=12, studies_per_patient=2, bad_cases=bad)
+    config = CxrConfig(
+        layout=cxr.MIMIC_2019,
+        input_dir=str(sample_dir),
+        output_jpg_dir=str(out / "cxr" / "jpg"),
+        output_tfrecord_dir=str(out / "cxr" / "tfrecords"),
+        duckdb_path=str(out / "cxr" / "cxr.duckdb"),
+        image_shape=(320, 320),
+        progress=progress,
+    )
+    typer.echo(f"\nchest X-rays: medbeam cxr prepare --layout mimic-cxr-2019 --input-dir {sample_dir} (generated)")
+    counts = run(config)
+    typer.echo(counts.summary())
+    typer.echo(f"TFRecords: {config.output_tfrecord_dir}/{{frontal,lateral,other}}-*.tfrecord")
+    typer.echo(f"JPGs: {config.output_jpg_dir}; tables: {config.duckdb_path} (labels, rejects)")
+    labels = ", ".join(cxr.LABEL_COLUMNS)
+    per_view = ", ".join(
+        f"count(*) FILTER (view_name = '{v}' AND code = 3) || ' / ' || "
+        f"count(*) FILTER (view_name = '{v}' AND code = 2) AS \"{v} pos / unc\""
+        for v in cxr.VIEW_NAMES
+    )
+    with duckdb.connect(config.duckdb_path, read_only=True) as con:
+        per_view_sql = "SELECT view_name AS view, count(*) AS images FROM labels GROUP BY 1 ORDER BY 1"
+        _print_query(con, "Images per view", per_view_sql)
+        _print_query(
+            con,
+            "Label distribution per view, positive / uncertain (Cardiomegaly, Pleural Effusion: drawn into the pixels)",
+            f"WITH long AS (UNPIVOT labels ON {labels} INTO NAME label VALUE code) "
+            f"SELECT label, {per_view} FROM long GROUP BY 1 ORDER BY 1",
+        )
+        _print_query(
+            con,
+            "Rejects",
+            "SELECT stage, error_type, count(*) AS n, min(regexp_replace(message, '[^ ]*/', '', 'g')) AS example "
+            "FROM rejects GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+
+
 def _python() -> str:
     """This environment's interpreter, as a command a user can paste (the duckdb CLI is not installed)."""
     import os

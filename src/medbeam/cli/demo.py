@@ -18,7 +18,9 @@ def demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("demo-out"),
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """Export the bundled real DICOM corpus (pydicom's test files + pydicom-data) and summarise it."""
-    from medbeam.demo import run_demo
+    """Export the bundled real DICOM corpus (pydicom's test files + pydicom-data) and summarise it; then
+    prepare a generated chest X-ray sample (MIMIC-CXR 2019 layout) and show its labels per view."""
+    from medbeam.demo import run_cxr_demo, run_demo
 
     run_demo(out, progress=progress)
+    run_cxr_demo(out, progress=progress)
