@@ -284,3 +284,25 @@ def test_decompress(tmp_path):
         tmp_path / "portable",
         {"out/compressed/a.csv", "out/compressed/sub/b.txt", "out/_medbeam/outputs/_manifest.json"},
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# cxr prepare
+
+
+def test_cxr_prepare(tmp_path):
+    from medbeam.datasets.cxr_synthetic import write_mimic_cxr_2019
+    from medbeam.pipelines.cxr_prepare import CxrConfig
+    from medbeam.pipelines.cxr_prepare import run as run_cxr
+
+    sample = write_mimic_cxr_2019(tmp_path / "in", patients=3, bad_cases=["missing_image", "not_jpeg"])
+
+    def config(out: Path) -> CxrConfig:
+        return CxrConfig(layout="mimic-cxr-2019", input_dir=str(sample.root), output_jpg_dir=str(out / "jpg"),
+                         output_tfrecord_dir=str(out / "tf"), duckdb_path=str(out / "cxr.duckdb"),
+                         image_shape=(32, 32), progress=False)  # fmt: skip
+
+    default, portable = _both(run_cxr, config, tmp_path)
+    assert default == portable
+    assert (default.records_written, default.rejected) == (len(sample.images), 1)
+    _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"tf/frontal.features.json", "cxr.duckdb"})
