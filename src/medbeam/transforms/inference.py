@@ -1,0 +1,188 @@
+"""Beam steps of `infer` / `embed`: records → model inputs (the plugin), RunInference with our model handler,
+outputs → table rows (the plugin), every failure a reject.
+
+Why a model handler of our own (`ArrayModelHandler`) rather than Beam's per-framework ones: Beam's
+TensorFlow handler needs tensorflow_hub and loads SavedModels (Keras 3 loads only .keras/.h5), its ONNX
+handler feeds the first input only and its large-model path fails to pickle onnxruntime's NodeArg, and one
+handler over `medbeam.models.runtimes` gives every format the same batching, device choice and per-element
+failure handling. Beam's own pieces do the rest: `RunInference` batches (`min/max_batch_size`), shares one
+loaded model between the threads of a process (and across processes with `large_model`), and
+`KeyedModelHandler` carries each record's ids through, so outputs can never be paired with the wrong ids.
+
+A batch that fails is retried one element at a time, so one bad element (a wrong-shape image, an input
+the model refuses) is one reject, not a lost batch; an element whose shape differs from what the model
+declares is refused before the batch is run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+from apache_beam.pvalue import TaggedOutput
+
+from medbeam.io import tfrecord as tfr
+from medbeam.models import runtimes
+from medbeam.models.plugins import RecordError
+from medbeam.transforms.errors import reject
+
+NAMESPACE = "medbeam.infer"
+REJECTS = "rejects"
+
+
+def count(name: str, value: int = 1) -> None:
+    Metrics.counter(NAMESPACE, name).inc(value)
+
+
+class InferenceFailure:
+    """What run_inference returns for an element the model could not take (the reason, one line)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def _fits(shape: tuple, declared: tuple | None) -> bool:
+    if declared is None:
+        return True
+    return len(shape) == len(declared) and all(d is None or d == s for s, d in zip(shape, declared, strict=True))
+
+
+def _describe(shape: Sequence[Any]) -> str:
+    return " × ".join("any" if d is None else str(d) for d in shape)
+
+
+class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
+    """H × W × C float32 arrays → one model output each, for any format medbeam.models.runtimes loads."""
+
+    def __init__(self, spec: runtimes.ModelSpec, batch_size: int = 32, large_model: bool = False):
+        super().__init__()
+        self._spec, self._batch_size, self._large = spec, batch_size, large_model
+
+    def load_model(self) -> runtimes.LoadedModel:
+        model = runtimes.load(self._spec)
+        count(f"device_{model.device}")
+        return model
+
+    def run_inference(
+        self, batch: Sequence[np.ndarray], model: runtimes.LoadedModel, inference_args: dict[str, Any] | None = None
+    ) -> Iterable[PredictionResult]:
+        outputs: list[Any] = [None] * len(batch)
+        runnable = []
+        for index, element in enumerate(batch):
+            if _fits(element.shape, model.input_shape):
+                runnable.append(index)
+            else:
+                outputs[index] = InferenceFailure(
+                    f"input is {_describe(element.shape)}, the model takes {_describe(model.input_shape)}"
+                )
+        groups: dict[tuple, list[int]] = {}
+        for index in runnable:
+            groups.setdefault(batch[index].shape, []).append(index)
+        for indices in groups.values():
+            try:
+                result = model.predict(np.stack([batch[i] for i in indices]))
+                if len(result) != len(indices):
+                    raise ValueError(f"the model gave {len(result)} outputs for {len(indices)} inputs")
+                for i, out in zip(indices, result, strict=True):
+                    outputs[i] = out
+            except Exception:  # noqa: BLE001 - retried one by one: only the elements that fail are rejected
+                for i in indices:
+                    try:
+                        outputs[i] = model.predict(batch[i][None])[0]
+                    except Exception as exc:  # noqa: BLE001
+                        outputs[i] = InferenceFailure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
+        return [PredictionResult(element, out) for element, out in zip(batch, outputs, strict=True)]
+
+    def batch_elements_kwargs(self) -> dict[str, Any]:
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self._large
+
+    def get_metrics_namespace(self) -> str:
+        return NAMESPACE
+
+
+def record_uri(source: str, index: int) -> str:
+    return f"{source}#record {index}"
+
+
+class PrepareFn(beam.DoFn):
+    """(source shard, serialized Example) → (ids, model input), or a reject (the record is not usable)."""
+
+    def __init__(self, plugin: Any):
+        self._plugin = plugin
+
+    def process(self, element: tuple[str, int, bytes]) -> Iterator[Any]:
+        source, index, data = element
+        count("records_in")
+        uri = record_uri(source, index)
+        try:
+            features = tfr.decode_example(data)
+            ids = self._plugin.example_to_row(features)
+            pixels = np.asarray(self._plugin.example_to_input(features), np.float32)
+        except (RecordError, ValueError, KeyError) as exc:
+            count("rejected")
+            yield TaggedOutput(REJECTS, reject(uri, "input", exc))
+            return
+        yield (uri, json.dumps(ids, sort_keys=True, default=str)), pixels
+
+
+class ToRowFn(beam.DoFn):
+    """((uri, ids), PredictionResult) → the table row (ids + the plugin's columns, or the feature vector)."""
+
+    def __init__(self, plugin: Any, embed: bool):
+        self._plugin, self._embed = plugin, embed
+
+    def process(self, element: tuple[tuple[str, str], PredictionResult]) -> Iterator[Any]:
+        (uri, ids), result = element
+        inference = result.inference
+        if isinstance(inference, InferenceFailure):
+            count("rejected")
+            yield TaggedOutput(REJECTS, reject(uri, "inference", inference.reason, "InferenceError"))
+            return
+        row = json.loads(ids)
+        try:
+            if self._embed:
+                row["feature_vector"] = [float(v) for v in np.asarray(inference, np.float32).ravel()]
+            else:
+                row.update(self._plugin.output_to_row(inference))
+        except (RecordError, ValueError) as exc:
+            count("rejected")
+            yield TaggedOutput(REJECTS, reject(uri, "output", exc))
+            return
+        count("rows_written")
+        yield row
+
+
+class FailedBatchesFn(beam.DoFn):
+    """RunInference's dead letters (a batch that raised outside our handler's guard): one reject each."""
+
+    def process(self, element: Any) -> Iterator[dict[str, str]]:
+        batch, error = element if isinstance(element, tuple) and len(element) == 2 else (element, "failed")
+        items = batch if isinstance(batch, list) else [batch]
+        for item in items:
+            key = item[0] if isinstance(item, tuple) else ("?", "")
+            count("rejected")
+            yield reject(key[0] if isinstance(key, tuple) else str(key), "inference", str(error), "InferenceError")
+
+
+class ReadRecordsFn(beam.DoFn):
+    """A TFRecord shard's path → (path, index, serialized record) for each record, the framing checked."""
+
+    def process(self, path: str) -> Iterator[Any]:
+        from medbeam.io import files
+
+        try:
+            with files.Storage().open(path) as stream:
+                for index, record in enumerate(tfr.iter_records(stream, path)):
+                    yield path, index, record
+        except tfr.CorruptRecordError as exc:
+            count("rejected")
+            count("records_in")
+            yield TaggedOutput(REJECTS, reject(path, "read", exc))
