@@ -330,10 +330,12 @@ class CxrRecord:
 
 def record_features(layout: str, record: CxrRecord) -> dict[str, Any]:
     """The tf.train.Example features (Google's names): jpg_bytes, the int64 ids, one int64 per label; v2
-    adds dicom_id and view_position, CheXpert sex and age (absent when unknown)."""
+    adds dicom_id and view_position, CheXpert sex and age (absent when unknown). `path` (the image's path in
+    the dataset) is medbeam's addition: it joins a record to the labels table without the ids."""
     image = record.image
     features: dict[str, Any] = {
         "jpg_bytes": record.jpg,
+        "path": image.relpath,
         "patient": image.patient,
         "study": image.study,
         "image": image.image,
@@ -353,6 +355,7 @@ def record_features(layout: str, record: CxrRecord) -> dict[str, Any]:
 #: The record features of each layout: (name, TensorFlow dtype, description).
 _COMMON_FEATURES = [
     ("jpg_bytes", "string", "JPEG-encoded image (grey stays grey)"),
+    ("path", "string", "the image's path in the dataset (the labels table's path)"),
     ("patient", "int64", "patient (subject) id"),
     ("study", "int64", "study id"),
     ("image", "int64", "image number within the study (2019, CheXpert: view<n>; v2: rank of dicom_id)"),

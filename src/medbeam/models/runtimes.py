@@ -4,7 +4,8 @@ Formats, from the file name:
 - Keras 3 `.keras` and legacy `.h5` (Google's models were `.h5`): `keras.saving.load_model`, compile=False
   (inference needs no optimizer or loss, and a custom loss would otherwise have to be importable).
 - ONNX `.onnx`: onnxruntime. The input is fed by its own name (the graph's first input), so the session
-  never has to be pickled.
+  never has to be pickled. An input declared N × C × H × W (exported from PyTorch) gets the images
+  transposed; N × H × W × C (from Keras) takes them as they are.
 - PyTorch: a TorchScript file (`.pt`, `.pth`, `.ts`, `.torchscript`: `torch.jit.load`), or a state dict
   with `model_class="module:Class"` (the class is instantiated with no arguments, then `load_state_dict`).
   Inputs are H × W × C like the others and are transposed to N × C × H × W, PyTorch's layout.
@@ -145,11 +146,23 @@ def _load_onnx(spec: ModelSpec) -> LoadedModel:
         raise ModelLoadError(f"model {spec.path} has no output {output!r} (it has {', '.join(outputs)})")
     name = first.name
     shape = tuple(d if isinstance(d, int) else None for d in first.shape[1:]) or None
+    channels_first = channels_first_input(shape)
+    if channels_first:
+        shape = (shape[1], shape[2], shape[0])
 
     def predict(batch: np.ndarray) -> np.ndarray:
-        return session.run([output], {name: batch.astype(np.float32, copy=False)})[0]
+        batch = batch.astype(np.float32, copy=False)
+        if channels_first:
+            batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+        return session.run([output], {name: batch})[0]
 
     return LoadedModel(spec, predict, shape, device)
+
+
+def channels_first_input(shape: tuple | None) -> bool:
+    """Whether an ONNX image input is N × C × H × W (a model exported from PyTorch) rather than N × H × W × C
+    (from Keras): C is 1, 3 or 4 and the last dimension is not."""
+    return bool(shape) and len(shape) == 3 and shape[0] in (1, 3, 4) and shape[2] not in (1, 3, 4)
 
 
 def _torch_device(spec: ModelSpec) -> str:

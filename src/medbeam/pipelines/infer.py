@@ -98,8 +98,8 @@ class InferCounts:
     records_in: int = 0
     rows_written: int = 0
     rejected: int = 0
-    device_cpu: int = 0
-    device_gpu: int = 0
+    batches_cpu: int = 0
+    batches_gpu: int = 0
 
     def summary(self) -> str:
         return runner.summary_line(f"{self.records_in} records", f"{self.rows_written} rows", self.rejected)

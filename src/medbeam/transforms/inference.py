@@ -25,6 +25,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 from apache_beam.pvalue import TaggedOutput
+from google.protobuf.message import DecodeError
 
 from medbeam.io import tfrecord as tfr
 from medbeam.models import runtimes
@@ -64,13 +65,12 @@ class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
         self._spec, self._batch_size, self._large = spec, batch_size, large_model
 
     def load_model(self) -> runtimes.LoadedModel:
-        model = runtimes.load(self._spec)
-        count(f"device_{model.device}")
-        return model
+        return runtimes.load(self._spec)
 
     def run_inference(
         self, batch: Sequence[np.ndarray], model: runtimes.LoadedModel, inference_args: dict[str, Any] | None = None
     ) -> Iterable[PredictionResult]:
+        count(f"batches_{model.device}")  # counted here: metrics of load_model (outside a step) are dropped
         outputs: list[Any] = [None] * len(batch)
         runnable = []
         for index, element in enumerate(batch):
@@ -126,7 +126,7 @@ class PrepareFn(beam.DoFn):
             features = tfr.decode_example(data)
             ids = self._plugin.example_to_row(features)
             pixels = np.asarray(self._plugin.example_to_input(features), np.float32)
-        except (RecordError, ValueError, KeyError) as exc:
+        except (RecordError, ValueError, KeyError, DecodeError) as exc:
             count("rejected")
             yield TaggedOutput(REJECTS, reject(uri, "input", exc))
             return
