@@ -65,6 +65,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     # The DirectRunner's worker processes forward their start-up chatter as warnings; errors still show.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    # Beam 2.77's RunInference warns on every batch when its optional model_manager import fails (it then
+    # takes the `resource` module for missing too): memory metrics only, nothing the user can act on.
+    logging.getLogger().addFilter(lambda record: not record.getMessage().startswith("Resource module is not available"))
     app()
 
 
