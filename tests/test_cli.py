@@ -235,7 +235,8 @@ def test_every_command_has_an_example_and_says_which_flags_go_to_beam():
     commands = dict(_commands(get_command(app)))
     assert set(commands) == {
         ("dicom", "export"), ("dicom", "import"), ("files", "untar"), ("files", "decompress"),
-        ("tfrecord", "from-dicom-png"), ("tfrecord", "from-images"), ("cxr", "prepare"), ("demo",),
+        ("tfrecord", "from-dicom-png"), ("tfrecord", "from-images"), ("cxr", "prepare"), ("infer",), ("embed",),
+        ("demo",),
     }  # fmt: skip
     for path, cmd in commands.items():
         assert cmd.epilog.startswith(f"Example: medbeam {' '.join(path)}") or f"medbeam {' '.join(path)} " in cmd.epilog
