@@ -306,3 +306,27 @@ def test_cxr_prepare(tmp_path):
     assert default == portable
     assert (default.records_written, default.rejected) == (len(sample.images), 1)
     _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"tf/frontal.features.json", "cxr.duckdb"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# infer
+
+
+def test_infer(tmp_path):
+    from medbeam.pipelines.infer import InferConfig
+    from medbeam.pipelines.infer import run as run_infer
+    from tests import test_infer as infer_tests
+
+    model = infer_tests._keras_model()
+    model.save(tmp_path / "m.keras")
+    images = {p: infer_tests._jpg(p) for p in range(10000001, 10000006)}
+    records = [infer_tests._record(p, j) for p, j in images.items()]
+    tfr.write_records(str(tmp_path / "r-00000-of-00001.tfrecord"), records)
+
+    def config(out: Path) -> InferConfig:
+        return InferConfig(inputs=[str(tmp_path / "r-*")], model=str(tmp_path / "m.keras"), plugin="mimic-cxr",
+                           batch_size=2, duckdb_path=str(out / "p.duckdb"), progress=False)  # fmt: skip
+
+    default, portable = _both(run_infer, config, tmp_path)
+    assert default == portable and default.rows_written == 5
+    _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"p.duckdb"})
