@@ -234,3 +234,23 @@ def test_efficientnet_lite0_embeddings_equal_a_direct_forward_pass(tmp_path):
             want = torch.flatten(net._avg_pooling(net.extract_features(t)), 1)[0].numpy()  # noqa: SLF001
         assert len(rows[patient]) == 1280
         np.testing.assert_allclose(rows[patient], want, atol=1e-4)
+
+
+def test_predictions_load_into_bigquery(models, records, bigquery_emulator, tmp_path):
+    root, _ = models
+    shards, _ = records
+    dataset = "infer_test"
+    result = CliRunner().invoke(
+        app,
+        ["infer", "-i", str(shards / "cxr-*"), "--model", str(root / "m.onnx"), "--plugin", "mimic-cxr",
+         "--duckdb", str(tmp_path / "p.duckdb"), "--no-progress",
+         "--bigquery-dataset", f"{bigquery_emulator.project}:{dataset}",
+         "--bigquery-endpoint", bigquery_emulator.endpoint],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    table = f"{bigquery_emulator.project}.{dataset}.predictions"
+    client = bigquery_emulator.client()
+    got = sorted(tuple(r) for r in client.query(f"SELECT patient, cardiomegaly FROM `{table}`"))
+    with duckdb.connect(str(tmp_path / "p.duckdb"), read_only=True) as con:
+        assert got == sorted(con.execute("SELECT patient, cardiomegaly FROM predictions").fetchall())
+    assert len(got) == N
