@@ -6,6 +6,7 @@ One module per command group, each a Typer app mounted here with `add_typer`:
 * `files` (medbeam.cli.files): untar, decompress
 * `tfrecord` (medbeam.cli.tfrecord): from-dicom-png, from-images
 * `cxr` (medbeam.cli.cxr): prepare (chest X-ray datasets)
+* `predictions` (medbeam.cli.predictions): load (batch-prediction JSON lines → a table)
 * `demo` (medbeam.cli.demo)
 
 What they share (the error path, the Beam pass-through, the help epilog) is in medbeam.cli.core; the
@@ -22,7 +23,7 @@ from typing import Annotated
 
 import typer
 
-from medbeam.cli import cxr, demo, dicom, files, tfrecord
+from medbeam.cli import cxr, demo, dicom, files, predictions, tfrecord
 from medbeam.cli.core import Group
 
 app = typer.Typer(cls=Group, help="Apache Beam pipelines for medical imaging data.", no_args_is_help=True)
@@ -30,6 +31,7 @@ app.add_typer(dicom.app, name="dicom")
 app.add_typer(files.app, name="files")
 app.add_typer(tfrecord.app, name="tfrecord")
 app.add_typer(cxr.app, name="cxr")
+app.add_typer(predictions.app, name="predictions")
 app.add_typer(demo.app)
 
 
