@@ -61,6 +61,7 @@ def test_unknown_flag_is_an_error_naming_it(tmp_path):
         ["tfrecord", "from-images", "-i", "x", "-o", "y", "--lables-sql", "SELECT 1"],
         ["tfrecord", "from-dicom-png", "-i", "x", "-o", "y", "--runer", "DirectRunner"],
         ["dicom", "import", "-i", "x", "--dicomweb", "http://localhost:1/dicom-web", "--batch_mb", "3"],
+        ["predictions", "load", "-i", "x", "--flaten", "--duckdb", "p.duckdb"],
     ],
 )
 def test_every_command_refuses_unknown_flags(args):
@@ -236,6 +237,7 @@ def test_every_command_has_an_example_and_says_which_flags_go_to_beam():
     assert set(commands) == {
         ("dicom", "export"), ("dicom", "import"), ("files", "untar"), ("files", "decompress"),
         ("tfrecord", "from-dicom-png"), ("tfrecord", "from-images"), ("cxr", "prepare"), ("infer",), ("embed",),
+        ("predictions", "load"),
         ("demo",),
     }  # fmt: skip
     for path, cmd in commands.items():

@@ -34,6 +34,8 @@ from medbeam.pipelines.images_to_tfrecord import ImagesToTfrecordConfig
 from medbeam.pipelines.images_to_tfrecord import run as run_images
 from medbeam.pipelines.png_to_tfrecord import PngToTfrecordConfig
 from medbeam.pipelines.png_to_tfrecord import run as run_pngs
+from medbeam.pipelines.predictions_load import PredictionsLoadConfig
+from medbeam.pipelines.predictions_load import run as run_predictions
 from medbeam.pipelines.untar import UntarConfig
 from medbeam.pipelines.untar import run as run_untar
 from tests import test_images_to_tfrecord as images_tests
@@ -330,3 +332,24 @@ def test_infer(tmp_path):
     default, portable = _both(run_infer, config, tmp_path)
     assert default == portable and default.rows_written == 5
     _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"p.duckdb"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# predictions load: the layout is a CombineGlobally, then a side input of the row step
+
+
+def test_predictions_load(tmp_path):
+    inputs = tmp_path / "predictions"
+    inputs.mkdir()
+    lines = [{"v": [0.5, 1.0], "of": [[1, 0], [0, 1]], "k": "a"}, {"v": [2, 3], "k": "b", "ok": True}, "{bad"]
+    (inputs / "prediction.results-00000-of-00002").write_text("\n".join(
+        line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")  # fmt: skip
+    (inputs / "prediction.results-00001-of-00002").write_bytes(gzip.compress(b'{"v": [1], "k": "c"}\n', mtime=0))
+
+    def config(out: Path) -> PredictionsLoadConfig:
+        return PredictionsLoadConfig(inputs=[str(inputs)], duckdb_path=str(out / "p.duckdb"), progress=False)
+
+    default, portable = _both(run_predictions, config, tmp_path)
+    assert default == portable
+    assert (default.lines_in, default.rows_written, default.rejected) == (4, 2, 2)
+    _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"p_parquet/predictions/_manifest.json"})

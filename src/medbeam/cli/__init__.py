@@ -7,6 +7,7 @@ One module per command group, each a Typer app mounted here with `add_typer`:
 * `tfrecord` (medbeam.cli.tfrecord): from-dicom-png, from-images
 * `cxr` (medbeam.cli.cxr): prepare (chest X-ray datasets)
 * `infer`, `embed` (medbeam.cli.ml): a model over TFRecords → predictions / embeddings
+* `predictions` (medbeam.cli.predictions): load (batch-prediction JSON lines → a table)
 * `demo` (medbeam.cli.demo)
 
 What they share (the error path, the Beam pass-through, the help epilog) is in medbeam.cli.core; the
@@ -23,7 +24,7 @@ from typing import Annotated
 
 import typer
 
-from medbeam.cli import cxr, demo, dicom, files, ml, tfrecord
+from medbeam.cli import cxr, demo, dicom, files, ml, predictions, tfrecord
 from medbeam.cli.core import Group
 
 app = typer.Typer(cls=Group, help="Apache Beam pipelines for medical imaging data.", no_args_is_help=True)
@@ -32,6 +33,7 @@ app.add_typer(files.app, name="files")
 app.add_typer(tfrecord.app, name="tfrecord")
 app.add_typer(cxr.app, name="cxr")
 app.add_typer(ml.app)
+app.add_typer(predictions.app, name="predictions")
 app.add_typer(demo.app)
 
 

@@ -94,7 +94,9 @@ class TableSpec:
 
     `schema` is a pa.Schema, or a PCollection holding at most one; when that PCollection is empty
     (no rows at all), `empty_schema` is the table's schema. `table_dir` places this table in a folder of
-    its own instead of the WriteTables one (an output folder's manifest), still sharing its steps.
+    its own instead of the WriteTables one (an output folder's manifest), still sharing its steps. A row's
+    shard is a hash of its first key column, or of `shard_columns` when given (rows keyed by (file, line)
+    then spread over every shard instead of one shard per file).
     """
 
     name: str
@@ -102,6 +104,14 @@ class TableSpec:
     key_columns: tuple[str, ...]
     empty_schema: pa.Schema | None = None
     table_dir: str | None = None
+    shard_columns: tuple[str, ...] = ()
+
+
+def _sortable(value: Any) -> tuple[int, Any]:
+    """A key column's value in sort order: numbers as numbers (line 2 before line 10), anything else as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value)
+    return (1, str(value or ""))
 
 
 def _num_shards(row_count: int, rows_per_shard: int) -> int:
@@ -122,6 +132,7 @@ class _ParquetTables(ShardFormat):
     ):
         self._table_dirs = table_dirs
         self._key_columns = {spec.name: spec.key_columns for spec in specs}
+        self._shard_columns = {spec.name: spec.shard_columns or spec.key_columns[:1] for spec in specs}
         self._static = static
         self._rows_per_shard = rows_per_shard
 
@@ -132,10 +143,10 @@ class _ParquetTables(ShardFormat):
         return _num_shards(size, self._rows_per_shard)
 
     def key(self, name: str, row: dict[str, Any]) -> str:
-        return str(row.get(self._key_columns[name][0]))
+        return "\x1f".join(str(row.get(c)) for c in self._shard_columns[name])
 
-    def sort_key(self, name: str, row: dict[str, Any]) -> tuple[str, ...]:
-        return tuple(str(row.get(c) or "") for c in self._key_columns[name])
+    def sort_key(self, name: str, row: dict[str, Any]) -> tuple[tuple[int, Any], ...]:
+        return tuple(_sortable(row.get(c)) for c in self._key_columns[name])
 
     def write(self, name: str, index: int, count: int, rows: list[dict[str, Any]], side: dict[str, Any]) -> str:
         path = shard_path(self._table_dirs[name], name, index, count)
