@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import Annotated
 
@@ -36,14 +37,32 @@ class Device(str, Enum):
     gpu = "gpu"
 
 
-DeviceOption = Annotated[Device, typer.Option(help="gpu: CUDA when the runtime has it (a warning and the CPU if not).")]
+@dataclass(frozen=True)
+class ModelRunOptions:
+    """What `infer` and `embed` share: how records meet the model, where it runs, where the table goes."""
+
+    plugin: Plugin = None
+    scale: Scale = "0,1"
+    model_class: ModelClass = None
+    batch_size: BatchSize = 32
+    device: Annotated[
+        Device, typer.Option(help="gpu: CUDA when the runtime has it (a warning and the CPU if not).")
+    ] = Device.cpu
+    large_model: LargeModel = False
+    table: Table = None
+    duckdb: Duckdb = None
+    parquet_dir: ParquetDir = None
+    progress: Progress = True
 
 
-def _run(mode: str, ctx: typer.Context, bigquery: BigQueryOptions, **kwargs) -> None:
-    from medbeam.pipelines.infer import InferConfig, run
+def _run(mode: str, ctx: typer.Context, run: ModelRunOptions, bigquery: BigQueryOptions, **kwargs) -> None:
+    from medbeam.pipelines.infer import InferConfig
+    from medbeam.pipelines.infer import run as run_job
 
-    config = InferConfig(mode=mode, bigquery=bigquery.target(), **kwargs)
-    counts = run(config, ctx.args)
+    settings = asdict(run) | {"device": run.device.value, "duckdb_path": run.duckdb}
+    settings.pop("duckdb")
+    config = InferConfig(mode=mode, bigquery=bigquery.target(), **settings, **kwargs)
+    counts = run_job(config, ctx.args)
     where = f"{config.duckdb_path} ({config.table}, rejects); Parquet: " if config.duckdb_path else "Parquet under "
     device = "GPU" if counts.batches_gpu else "CPU"
     lines = [f"tables: {where}{config.parquet_dir}", f"model: {config.model} on the {device}"]
@@ -55,27 +74,16 @@ def _run(mode: str, ctx: typer.Context, bigquery: BigQueryOptions, **kwargs) -> 
     "infer",
     example="medbeam infer -i 'out/tfrecords/frontal-*' --model model.keras --duckdb out/pred.duckdb --batch-size 32",
 )
-@options(bigquery=BigQueryOptions)
+@options(run=ModelRunOptions, bigquery=BigQueryOptions)
 def infer(
     ctx: typer.Context,
     inputs: Inputs,
     model: Annotated[str, typer.Option(help="model.keras, model.h5, model.onnx, or a PyTorch .pt/.pth file.")],
-    plugin: Plugin = None,
-    scale: Scale = "0,1",
-    model_class: ModelClass = None,
-    batch_size: BatchSize = 32,
-    device: DeviceOption = Device.cpu,
-    large_model: LargeModel = False,
-    table: Table = None,
-    duckdb: Duckdb = None,
-    parquet_dir: ParquetDir = None,
-    progress: Progress = True,
+    run: ModelRunOptions = ModelRunOptions(),
     bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """A model over TFRecords → a predictions table (ids + the plugin's prediction columns), batched."""
-    _run("predict", ctx, bigquery, inputs=inputs, model=model, plugin=plugin, scale=scale, model_class=model_class,
-         batch_size=batch_size, device=device.value, large_model=large_model, table=table, duckdb_path=duckdb,
-         parquet_dir=parquet_dir, progress=progress)  # fmt: skip
+    _run("predict", ctx, run, bigquery, inputs=inputs, model=model)
 
 
 @command(
@@ -83,7 +91,7 @@ def infer(
     "embed",
     example="medbeam embed -i 'out/tfrecords/frontal-*' --model efficientnet-lite0 --duckdb out/emb.duckdb",
 )
-@options(bigquery=BigQueryOptions)
+@options(run=ModelRunOptions, bigquery=BigQueryOptions)
 def embed(
     ctx: typer.Context,
     inputs: Inputs,
@@ -93,19 +101,8 @@ def embed(
     layer: Annotated[
         str | None, typer.Option(help="The output to take: a Keras layer name or an ONNX output name.")
     ] = None,
-    plugin: Plugin = None,
-    scale: Scale = "0,1",
-    model_class: ModelClass = None,
-    batch_size: BatchSize = 32,
-    device: DeviceOption = Device.cpu,
-    large_model: LargeModel = False,
-    table: Table = None,
-    duckdb: Duckdb = None,
-    parquet_dir: ParquetDir = None,
-    progress: Progress = True,
+    run: ModelRunOptions = ModelRunOptions(),
     bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """A model over TFRecords → an embeddings table (ids + feature_vector), batched."""
-    _run("embed", ctx, bigquery, inputs=inputs, model=model, layer=layer, plugin=plugin, scale=scale,
-         model_class=model_class, batch_size=batch_size, device=device.value, large_model=large_model, table=table,
-         duckdb_path=duckdb, parquet_dir=parquet_dir, progress=progress)  # fmt: skip
+    _run("embed", ctx, run, bigquery, inputs=inputs, model=model, layer=layer)

@@ -328,21 +328,18 @@ class CxrRecord:
         return VIEW_NAMES[self.image.view if self.image.view is not None else OTHER]
 
 
+def _ids(image: ImageKey) -> dict[str, Any]:
+    """The int64 ids of records and rows: what a prediction joins its label row on."""
+    return {"patient": image.patient, "study": image.study, "image": image.image, "view": image.view,
+            "dataset": image.dataset}  # fmt: skip
+
+
 def record_features(layout: str, record: CxrRecord) -> dict[str, Any]:
     """The tf.train.Example features (Google's names): jpg_bytes, the int64 ids, one int64 per label; v2
     adds dicom_id and view_position, CheXpert sex and age (absent when unknown). `path` (the image's path in
     the dataset) is medbeam's addition: it joins a record to the labels table without the ids."""
     image = record.image
-    features: dict[str, Any] = {
-        "jpg_bytes": record.jpg,
-        "path": image.relpath,
-        "patient": image.patient,
-        "study": image.study,
-        "image": image.image,
-        "view": image.view,
-        "dataset": image.dataset,
-    }
-    features.update(record.labels)
+    features: dict[str, Any] = {"jpg_bytes": record.jpg, "path": image.relpath, **_ids(image), **record.labels}
     if layout == MIMIC_JPG:
         features["dicom_id"] = image.dicom_id
         features["view_position"] = record.extra.get("ViewPosition")
@@ -394,16 +391,7 @@ SPLIT_NAMES = {0: "train", 1: "validate", 2: "test"}
 
 def table_row(layout: str, record: CxrRecord) -> dict[str, Any]:
     image = record.image
-    row: dict[str, Any] = {
-        "path": image.relpath,
-        "uri": record.uri,
-        "patient": image.patient,
-        "study": image.study,
-        "image": image.image,
-        "view": image.view,
-        "view_name": record.view_name,
-        "dataset": image.dataset,
-    }
+    row: dict[str, Any] = {"path": image.relpath, "uri": record.uri, **_ids(image), "view_name": record.view_name}
     row.update(record.labels)
     if layout == MIMIC_JPG:
         row["dicom_id"] = image.dicom_id

@@ -455,6 +455,19 @@ def _signatures(labels: Labels) -> tuple[bool, bool]:
 # Files
 
 
+def _invalid_cells(cases: Iterable[BadCase]) -> dict[str, tuple[str, str]]:
+    """image path → (column, bad value) of the `invalid_label` cases."""
+    return {c.image.path: (c.column, c.value) for c in cases if c.kind == "invalid_label" and c.image is not None}
+
+
+def _with_bad_cells(cells: dict[str, str], image: CxrImage, invalid: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """An image's label cells, its invalid_label case's bad value written in."""
+    if image.path in invalid:
+        column, value = invalid[image.path]
+        cells = {**cells, column: value}
+    return cells
+
+
 def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[str]]) -> bytes:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -714,17 +727,10 @@ def write_mimic_cxr_2019(
         members[image.tar].append((image.path, lambda image=image: _render(image, quality)))
     tars = tuple(_write_tar(tar, members[tar], workers) for tar in (*train_tar_paths, valid_tar))
 
-    invalid = {
-        case.image.path: (case.column, case.value)
-        for case in cases
-        if case.kind == "invalid_label" and case.image is not None
-    }
+    invalid = _invalid_cells(cases)
 
     def row(image: CxrImage) -> list[str]:
-        cells = image.cells
-        if image.path in invalid:
-            column, value = invalid[image.path]
-            cells[column] = value
+        cells = _with_bad_cells(image.cells, image, invalid)
         return [image.path, image.view, *(cells[name] for name in names)]
 
     rows = sorted([*images, *extra_rows], key=lambda image: image.path)
@@ -952,11 +958,7 @@ def write_mimic_cxr_jpg(
     if loose:
         _write_files(root, written, workers)
 
-    invalid = {
-        case.image.path: (case.column, case.value)
-        for case in cases
-        if case.kind == "invalid_label" and case.image is not None
-    }
+    invalid = _invalid_cells(cases)
     rows.sort(key=lambda image: (image.subject_id, image.study_id, image.dicom_id))
     _write_csv(csv_names["metadata"], METADATA_COLUMNS, ([i.metadata[c] for c in METADATA_COLUMNS] for i in rows))
     _write_csv(csv_names["split"], SPLIT_COLUMNS, ([i.dicom_id, i.study[1:], i.patient[1:], i.split] for i in rows))
@@ -964,9 +966,7 @@ def write_mimic_cxr_jpg(
 
     def label_row(image: CxrImage, labels: Labels, bad_cells: bool) -> list[str]:
         cells = {name: format_label(value) for name, value in labels.items()}
-        if bad_cells and image.path in invalid:
-            column, value = invalid[image.path]
-            cells[column] = value
+        cells = _with_bad_cells(cells, image, invalid if bad_cells else {})
         return [image.patient[1:], image.study[1:], *(cells[name] for name in MIMIC_JPG_LABELS)]
 
     header = ("subject_id", "study_id", *MIMIC_JPG_LABELS)
@@ -1099,17 +1099,10 @@ def write_chexpert(
                 cases.append(BadCase(kind, image.path, train_csv, image, column=column, value=value))
 
     _write_files(root, written, workers)
-    invalid = {
-        case.image.path: (case.column, case.value)
-        for case in cases
-        if case.kind == "invalid_label" and case.image is not None
-    }
+    invalid = _invalid_cells(cases)
 
     def row(image: CxrImage) -> list[str]:
-        cells = image.cells
-        if image.path in invalid:
-            column, value = invalid[image.path]
-            cells[column] = value
+        cells = _with_bad_cells(image.cells, image, invalid)
         return [image.path, *(image.metadata[c] for c in CHEXPERT_COLUMNS[1:5]), *(cells[n] for n in CHEXPERT_LABELS)]
 
     rows.sort(key=lambda image: _natural(image.path))
