@@ -254,3 +254,12 @@ def test_predictions_load_into_bigquery(models, records, bigquery_emulator, tmp_
     with duckdb.connect(str(tmp_path / "p.duckdb"), read_only=True) as con:
         assert got == sorted(con.execute("SELECT patient, cardiomegaly FROM predictions").fetchall())
     assert len(got) == N
+
+
+def test_efficientnet_lite0_takes_grey_images_of_any_size(records, tmp_path):
+    """Chest X-ray records are grey and small: resized to 224 × 224 and repeated to RGB, never rejected."""
+    shards, _ = records
+    config = InferConfig(inputs=[str(shards / "cxr-*")], model="efficientnet-lite0", mode="embed",
+                         plugin="mimic-cxr", duckdb_path=str(tmp_path / "e.duckdb"), progress=False)  # fmt: skip
+    counts = run(config, [])
+    assert (counts.rows_written, counts.rejected) == (N, 0)

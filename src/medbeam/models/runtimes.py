@@ -139,6 +139,8 @@ def _load_onnx(spec: ModelSpec) -> LoadedModel:
             _gpu_unavailable("onnxruntime has no CUDA provider (install onnxruntime-gpu)")
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # As many threads as this process may use (its default ignores CPU affinity and oversubscribes workers).
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     session = ort.InferenceSession(_local(spec.path), options, providers=providers)
     first = session.get_inputs()[0]
     outputs = [o.name for o in session.get_outputs()]

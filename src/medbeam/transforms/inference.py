@@ -36,8 +36,15 @@ NAMESPACE = "medbeam.infer"
 REJECTS = "rejects"
 
 
+_COUNTERS: dict[str, Any] = {}
+
+
 def count(name: str, value: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(value)
+    """Increment a counter of NAMESPACE (counter objects kept: making one per element costs ~0.1 ms)."""
+    counter = _COUNTERS.get(name)
+    if counter is None:
+        counter = _COUNTERS[name] = Metrics.counter(NAMESPACE, name)
+    counter.inc(value)
 
 
 class InferenceFailure:
@@ -97,6 +104,10 @@ class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
                     except Exception as exc:  # noqa: BLE001
                         outputs[i] = InferenceFailure(f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}")
         return [PredictionResult(element, out) for element, out in zip(batch, outputs, strict=True)]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        """The batch's size for Beam's metrics, without pickling it (Beam's default: ~3.6 ms per 32 images)."""
+        return sum(int(getattr(element, "nbytes", 0)) for element in batch)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
