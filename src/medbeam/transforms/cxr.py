@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from medbeam.datasets import cxr
 from medbeam.imaging.codec import FormatMismatchError, ImageDecodeError, check_format, shrink_jpeg
 from medbeam.io import archives, files
+from medbeam.transforms import metrics
 from medbeam.transforms.errors import reject
 from medbeam.transforms.files import member_uri
 from medbeam.transforms.progress import ProgressTicker
@@ -31,7 +31,7 @@ MAX_IMAGE_BYTES = 256 * 1024 * 1024
 
 
 def count(name: str, value: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(value)
+    metrics.inc(NAMESPACE, name, value)
 
 
 class ImageSettings:

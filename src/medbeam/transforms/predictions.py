@@ -8,11 +8,11 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from medbeam.io import archives, files
 from medbeam.io import predictions as pred
+from medbeam.transforms import metrics
 from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
 
@@ -22,7 +22,7 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def count(name: str, value: int = 1) -> None:
-    Metrics.counter(NAMESPACE, name).inc(value)
+    metrics.inc(NAMESPACE, name, value)
 
 
 def line_uri(path: str, number: int) -> str:
