@@ -152,6 +152,13 @@ def test_jpgs_mirror_the_dataset_paths(prepared):
     assert written == {image.path for image in sample.images}
 
 
+def test_spilled_jpgs_are_gone_after_the_run(prepared):
+    """The resized JPGs wait in {parquet-dir}/_spill between reading and writing; nothing is left there."""
+    _, _, _, config, _ = prepared
+    assert config.spill_dir.startswith(config.parquet_dir)
+    assert not os.path.exists(config.spill_dir)
+
+
 def test_labels_table_types(prepared):
     layout, _, out, _, _ = prepared
     columns = dict(_rows(config_duckdb(out), "SELECT column_name, data_type FROM information_schema.columns "

@@ -142,6 +142,16 @@ def delete_files(paths: list[str]) -> None:
         FileSystems.delete(paths)
 
 
+def delete_tree(path: str) -> None:
+    """Delete a folder and everything below it, if it is there (a prefix, on an object store)."""
+    if not has_scheme(path):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    delete_files([m.path for m in FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list])
+
+
 def delete_if_exists(path: str) -> bool:
     """Delete one file; False when it is already gone (a rerun after a partial cleanup)."""
     if not FileSystems.exists(path):

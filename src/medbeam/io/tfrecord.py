@@ -368,9 +368,34 @@ def existing_shards(prefix: str) -> list[str]:
     return [p for p in candidates if tail.match(p)]
 
 
+class DeferredExample:
+    """An Example serialized only when its shard is written, for records whose bytes wait elsewhere (a
+    spilled image): what crosses the shuffle is this small object, not the record. `nbytes` (its share
+    of the shard size) and `sort_token` (the tie-break after the key) must not need the bytes."""
+
+    nbytes: int
+    sort_token: str
+
+    def serialize(self) -> bytes:
+        raise NotImplementedError
+
+
+def _payload_size(payload: bytes | DeferredExample) -> int:
+    return len(payload) if isinstance(payload, bytes) else payload.nbytes
+
+
+def _payload_bytes(payload: bytes | DeferredExample) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.serialize()
+
+
+def _payload_order(payload: bytes | DeferredExample) -> bytes | str:
+    return payload if isinstance(payload, bytes) else payload.sort_token
+
+
 class _TfrecordShards(ShardFormat):
-    """(key, serialized Example) → `{prefix}-SSSSS-of-NNNNN.tfrecord`, sorted by key then bytes; the shard
-    count is given or follows the total record bytes; finishing deletes shards of other runs."""
+    """(key, serialized Example or DeferredExample) → `{prefix}-SSSSS-of-NNNNN.tfrecord`, sorted by key then
+    bytes (or sort token); the shard count is given or follows the total record bytes; finishing deletes
+    shards of other runs."""
 
     def __init__(self, prefix: str, num_shards: int | None, target_bytes: int):
         self._prefix = prefix
@@ -378,7 +403,7 @@ class _TfrecordShards(ShardFormat):
         self._target = target_bytes
 
     def measure(self, record: tuple[str, bytes]) -> int:
-        return len(record[1])
+        return _payload_size(record[1])
 
     def shard_count(self, _: str, size: int) -> int:
         return self._num_shards if self._num_shards is not None else auto_num_shards(size, self._target)
@@ -386,12 +411,12 @@ class _TfrecordShards(ShardFormat):
     def key(self, _: str, record: tuple[str, bytes]) -> str:
         return record[0]
 
-    def sort_key(self, _: str, record: tuple[str, bytes]) -> tuple[str, bytes]:
-        return record
+    def sort_key(self, _: str, record: tuple[str, bytes]) -> tuple[str, bytes | str]:
+        return record[0], _payload_order(record[1])
 
     def write(self, _: str, index: int, count: int, records: list[tuple[str, bytes]], side: dict[str, Any]) -> str:
         path = shard_path(self._prefix, index, count)
-        write_records(path, (data for _, data in records))
+        write_records(path, (_payload_bytes(payload) for _, payload in records))
         return path
 
     def finish(self, _: str, shards: list[str], size: int, side: dict[str, Any]) -> list[str]:
@@ -402,6 +427,7 @@ class _TfrecordShards(ShardFormat):
 
 class WriteExamples(beam.PTransform):
     """(key, serialized Example) pairs → ``{prefix}-SSSSS-of-NNNNN.tfrecord``; emits the sorted shard list.
+    A `DeferredExample` may stand in for the bytes: it is serialized by the worker writing its shard.
 
     Why not Beam's `WriteToTFRecord`: with a fixed shard count it deals records to shards round-robin from
     a *random* starting shard per bundle (`iobase._RoundRobinKeyFn`) and keeps arrival order inside a

@@ -1,13 +1,14 @@
 """Chest X-ray datasets → frontal/lateral/other TFRecords, resized JPGs and a labels table (`cxr prepare`),
 as Google's prepare_mimic_cxr.py did for the 2019 MIMIC-CXR release, for the layouts of medbeam.datasets.cxr.
 
-    tars → stream members ─┐ (or image files → read)      resized where read: only small JPGs are joined
-                           ├→ (key, image) ──────────────┐
+    tars → stream members ─┐ (or image files → read)      resized where read, put aside in the spill
+                           ├→ (key, image ref) ──────────┐  folder: only small references are joined
     label CSVs → rows ─────┴→ (key, label row) ──────────┴→ CoGroupByKey → one image + one label row?
     v2: images ⋈ metadata (numbered per study) ⋈ split on dicom_id, then ⋈ study labels (fanned out)
         → records ─┬→ by view → {tfrecord-dir}/{frontal,lateral,other}-SSSSS-of-NNNNN.tfrecord + .features.json
-                   ├→ {jpg-dir}/{path in the dataset}
+                   ├→ {jpg-dir}/{path in the dataset}                (these two read the JPG back)
                    └→ labels table;  everything refused → rejects table (uri, stage, reason)
+    once all is written → the spill folder ({parquet-dir}/_spill) is deleted
 
 Counts: `N images in, M records (frontal F, lateral L, other O), K rejected; R label rows, U without image`,
 with N = M + K.
@@ -16,11 +17,13 @@ with N = M + K.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.pvalue import AsList
 
 from medbeam.datasets import cxr
 from medbeam.imaging.codec import DEFAULT_JPEG_QUALITY
@@ -38,6 +41,7 @@ from medbeam.transforms.cxr import (
     ReadCsvFn,
     ReadImageFileFn,
     ReadTarImagesFn,
+    Spilled,
     number_study_images,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
@@ -45,6 +49,7 @@ from medbeam.transforms.outputs import ReplaceOutputs, outputs_table
 from medbeam.transforms.progress import ProgressTicker
 
 LABELS_TABLE = "labels"
+SPILL_DIR = "_spill"
 JOB = "cxr prepare"
 DEFAULT_PARQUET_DIR = "medbeam-cxr"
 #: One core's cost per image (decode at DCT scale + resize + encode + joins), for the local choice.
@@ -143,6 +148,11 @@ class CxrConfig:
         return [files.join(self.input_dir, name) for name in ("train.csv", "valid.csv")
                 if files.has_scheme(self.input_dir) or os.path.exists(os.path.join(self.input_dir, name))]  # fmt: skip
 
+    @property
+    def spill_dir(self) -> str:
+        """Where resized JPGs wait between the reading step and the writing steps (deleted at the end)."""
+        return files.join(self.parquet_dir, SPILL_DIR)
+
     def v2_csv(self, kind: str) -> str:
         return files.join(self.input_dir, _V2_FILES[kind])
 
@@ -210,8 +220,23 @@ def feature_specs(config: CxrConfig) -> list[tfr.FeatureSpec]:
     ]
 
 
-def _encode(layout: str, record: cxr.CxrRecord) -> tuple[str, bytes]:
-    return record.image.relpath, tfr.encode_example(cxr.record_features(layout, record))
+class _SpilledExample(tfr.DeferredExample):
+    """A record's Example, serialized (its JPG read back from the spill) by the worker writing its shard."""
+
+    #: An Example's bytes besides the JPG (ids, labels, path, framing), for the shard count only.
+    OVERHEAD = 256
+
+    def __init__(self, layout: str, spilled: Spilled):
+        self._layout, self._spilled = layout, spilled
+        self.nbytes = spilled.size + self.OVERHEAD
+        self.sort_token = spilled.record.uri
+
+    def serialize(self) -> bytes:
+        return tfr.encode_example(cxr.record_features(self._layout, self._spilled.load()))
+
+
+def _encode(layout: str, spilled: Spilled) -> tuple[str, _SpilledExample]:
+    return spilled.record.image.relpath, _SpilledExample(layout, spilled)
 
 
 def _stats(layout: str, record: cxr.CxrRecord) -> dict[str, int]:
@@ -225,24 +250,35 @@ class _WriteJpgFn(beam.DoFn):
     def __init__(self, jpg_dir: str):
         self._dir = jpg_dir
 
-    def process(self, record: cxr.CxrRecord):
-        path = files.join(self._dir, record.image.relpath)
-        files.write_bytes(path, record.jpg, "image/jpeg")
+    def process(self, spilled: Spilled):
+        path = files.join(self._dir, spilled.record.image.relpath)
+        files.write_bytes(path, files.read_bytes(spilled.spill), "image/jpeg")
         yield path
 
 
-def _count_view(record: cxr.CxrRecord) -> cxr.CxrRecord:
+def _count_view(spilled: Spilled) -> Spilled:
     from medbeam.transforms.cxr import count
 
     count("records_written")
-    count(f"records_{record.view_name}")
-    return record
+    count(f"records_{spilled.record.view_name}")
+    return spilled
+
+
+class _DeleteSpillFn(beam.DoFn):
+    """After the JPGs, tables and shards are written (the side inputs say so): the spill folder goes."""
+
+    def __init__(self, spill_dir: str):
+        self._dir = spill_dir
+
+    def process(self, _: Any, *written: Any) -> Iterator[str]:
+        files.delete_tree(self._dir)
+        yield self._dir
 
 
 def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire `cxr prepare` into `p`."""
     layout = config.layout
-    settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality)
+    settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality, config.spill_dir)
     rejects = []
     image_sets, failed_sets = [], []
     if config.tar_patterns:
@@ -309,7 +345,7 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
     rejects.append(joined[REJECTS])
     records = joined.records | "Count records" >> beam.Map(_count_view)
 
-    table_rows = records | "Label rows" >> beam.Map(lambda r: cxr.table_row(layout, r))
+    table_rows = records | "Label rows" >> beam.Map(lambda s: cxr.table_row(layout, s.record))
     specs = [
         tables.TableSpec(LABELS_TABLE, labels_schema(layout), ("path",)),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
@@ -320,20 +356,28 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         rows["outputs"] = written | "JPG manifest" >> ReplaceOutputs(config.output_jpg_dir, NAMESPACE)
         specs.append(outputs_table(config.output_jpg_dir))
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
+    written = [manifests]
     if config.output_tfrecord_dir is not None:
-        _write_records(p, config, records, manifests)
+        written += _write_records(p, config, records, manifests)
+    _ = (
+        p
+        | "After writing" >> beam.Impulse()
+        | "Delete spill" >> beam.ParDo(_DeleteSpillFn(config.spill_dir), *[AsList(w) for w in written])
+    )
     if config.bigquery is not None:
         from medbeam.transforms.bigquery import load_into_bigquery
 
         load_into_bigquery(manifests, config.bigquery, [LABELS_TABLE, REJECTS_TABLE], NAMESPACE)
 
 
-def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> None:
-    """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table)."""
+def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> list[Any]:
+    """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table);
+    returns each view's shard list."""
     layout = config.layout
     by_view = records | "By view" >> beam.Partition(
-        lambda r, _n: r.image.view if r.image.view is not None else cxr.OTHER, len(cxr.VIEW_NAMES)
+        lambda s, _n: s.record.image.view if s.record.image.view is not None else cxr.OTHER, len(cxr.VIEW_NAMES)
     )
+    written = []
     rejects_manifest = manifests | "Rejects manifest" >> beam.Filter(
         lambda path: path.endswith(f"/{REJECTS_TABLE}/{tables.MANIFEST}")
     )
@@ -346,11 +390,13 @@ def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> N
             | f"Encode {view}" >> beam.Map(lambda r: _encode(layout, r))
             | f"Write {view}" >> tfr.WriteExamples(prefix, config.num_shards, config.target_shard_bytes)
         )
-        stats = part | f"Stats {view}" >> beam.Map(lambda r: _stats(layout, r))
+        written.append(shards)
+        stats = part | f"Stats {view}" >> beam.Map(lambda s: _stats(layout, s.record))
         _ = p | f"Describe {view}" >> tfr.DescribeDataset(
             prefix, JOB, specs, stats, shards, rejects_manifest, ("records_written",),
             {"layout": layout, "view": index},
         )  # fmt: skip
+    return written
 
 
 def run(config: CxrConfig, beam_args: list[str] | None = None) -> CxrCounts:
@@ -368,6 +414,7 @@ def run(config: CxrConfig, beam_args: list[str] | None = None) -> CxrCounts:
     sizes = runner.listed_sizes(listing) if runner.is_local_runner(options) else {}
     estimate = sum(sizes.values()) / 1.5e6 if config.tar_patterns else len(sizes)  # ~1.5 MB per image
     plan = runner.LocalPlan(lambda: COST.seconds(int(estimate)))
+    files.delete_tree(config.spill_dir)  # what a failed run left
     result = runner.run_job(
         lambda p, tickers: build(p, config, tickers["images"]),
         beam_args,

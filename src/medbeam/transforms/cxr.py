@@ -1,12 +1,17 @@
 """Beam steps of `cxr prepare`: thin wrappers around medbeam.datasets.cxr and medbeam.imaging.codec.
 
-Images are resized where they are read (in the tar-reading step, or per listed file), so only the small
-resized JPGs travel through the joins. Every refusal is a reject row (stage path, read, decode, labels or
-join) and a Beam Metrics counter in NAMESPACE.
+Images are resized where they are read (in the tar-reading step, or per listed file), and the resized JPG
+is put aside in the spill folder at once (`spill_path`): what travels through the joins and the shard
+shuffle is a small reference (`Spilled`), and the bytes are read back only by the steps that write the
+JPG and the record's shard. Why: a runner keeps or shuffles every element that crosses a stage boundary
+(the in-memory DirectRunner holds whole PCollections), so carrying 40 KB per image made memory grow with
+the dataset; now it grows by a few hundred bytes per image. Every refusal is a reject row (stage path,
+read, decode, labels or join) and a Beam Metrics counter in NAMESPACE.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator
 from typing import Any
@@ -34,11 +39,32 @@ def count(name: str, value: int = 1) -> None:
     metrics.inc(NAMESPACE, name, value)
 
 
-class ImageSettings:
-    """How images are resized: (height, width) or None to keep them (still checked to decode)."""
+def spill_path(spill_dir: str, uri: str) -> str:
+    """Where one image's resized JPG waits: a name from its URI, so a retried bundle rewrites the same file."""
+    digest = hashlib.blake2b(uri.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
+    return files.join(spill_dir, digest[:2], digest + ".jpg")
 
-    def __init__(self, layout: str, shape: tuple[int, int] | None, resize_mode: str, quality: int):
+
+@dataclasses.dataclass(frozen=True)
+class Spilled:
+    """A record whose JPG waits in the spill folder: its `record.jpg` is empty until `load()`."""
+
+    record: cxr.CxrRecord
+    spill: str
+    size: int
+
+    def load(self) -> cxr.CxrRecord:
+        return dataclasses.replace(self.record, jpg=files.read_bytes(self.spill))
+
+
+class ImageSettings:
+    """How images are resized: (height, width) or None to keep them (still checked to decode); where the
+    resized JPGs wait for the joins (`spill_dir`)."""
+
+    def __init__(self, layout: str, shape: tuple[int, int] | None, resize_mode: str, quality: int,
+                 spill_dir: str):  # fmt: skip
         self.layout, self.shape, self.resize_mode, self.quality = layout, shape, resize_mode, quality
+        self.spill_dir = spill_dir
 
     def prepare(self, uri: str, path: str, data: bytes) -> Iterator[Any]:
         """(join key, image dict) of one image, or its reject (unknown path, not a JPEG, undecodable) and,
@@ -59,7 +85,10 @@ class ImageSettings:
             yield _image_reject(uri, "decode", exc)
             yield TaggedOutput(FAILED, (key.key, {"uri": uri, "reason": f"{type(exc).__name__}: {exc}"}))
             return
-        yield key.key, {"uri": uri, "image": key, "jpg": jpg}
+        spill = spill_path(self.spill_dir, uri)
+        files.write_bytes(spill, jpg, "image/jpeg")
+        digest = hashlib.sha256(jpg).hexdigest()
+        yield key.key, {"uri": uri, "image": key, "spill": spill, "size": len(jpg), "sha256": digest}
 
 
 def _image_reject(uri: str, stage: str, exc: Exception) -> TaggedOutput:
@@ -175,7 +204,7 @@ def _one_image(images: list[dict[str, Any]], what: str) -> Iterator[Any]:
     if len(images) == 1:
         yield images[0]
         return
-    digests = {hashlib.sha256(i["jpg"]).hexdigest() for i in images}
+    digests = {i["sha256"] for i in images}
     if len(digests) == 1:
         yield images[0]
         for other in images[1:]:
@@ -249,7 +278,7 @@ class JoinMetadataFn(beam.DoFn):
 
 
 class JoinLabelsFn(beam.DoFn):
-    """Per join key: {images, labels} → CxrRecords, one per image of the key (v2: a study's labels go to
+    """Per join key: {images, labels} → Spilled CxrRecords, one per image of the key (v2: a study's labels go to
     each of its images); rejects for label rows without an image, images without a label row, and keys
     with several label rows."""
 
@@ -296,4 +325,5 @@ class JoinLabelsFn(beam.DoFn):
         count("label_rows_matched")
         for image in images:
             extra = {**row.extra, **image.get("extra", {})}
-            yield cxr.CxrRecord(image["uri"], image["image"], row.labels, extra, image["jpg"])
+            record = cxr.CxrRecord(image["uri"], image["image"], row.labels, extra, b"")
+            yield Spilled(record, image["spill"], image["size"])
