@@ -321,6 +321,7 @@ def child_loop(spec: dict[str, Any]) -> dict[str, Any]:
                     row = labels[member.name]
                     features: dict[str, Any] = {
                         "jpg_bytes": jpg,
+                        "path": member.name,
                         "patient": int(patient),
                         "study": int(study),
                         "image": int(image),

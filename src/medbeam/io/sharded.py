@@ -110,18 +110,28 @@ class _Finish(beam.DoFn):
 
 
 class ShardedWrite(beam.PTransform):
-    """`{group: items} | ShardedWrite(fmt, side={name: side input})`: one result per group (from `finish`)."""
+    """`{group: items} | ShardedWrite(fmt, side={name: side input})`: one result per group (from `finish`).
 
-    def __init__(self, fmt: ShardFormat, side: dict[str, Any] | None = None):
+    Or `(group, item) pairs | ShardedWrite(fmt, groups=[...])`, for items already tagged with their group
+    (one step fewer per group than a dict of PCollections).
+    """
+
+    def __init__(self, fmt: ShardFormat, side: dict[str, Any] | None = None, groups: list[str] | None = None):
         super().__init__()
         self._fmt = fmt
         self._side = dict(side or {})
+        self._groups = list(groups) if groups is not None else None
 
-    def expand(self, items_by_group: dict[str, PCollection]) -> PCollection:
-        groups = list(items_by_group)
-        p = next(iter(items_by_group.values())).pipeline
-        tagged = [items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, item)) for g in groups]
-        items = tagged[0] if len(tagged) == 1 else tagged | "All items" >> beam.Flatten()
+    def expand(self, items_by_group: dict[str, PCollection] | PCollection) -> PCollection:
+        if isinstance(items_by_group, PCollection):
+            if not self._groups:
+                raise ValueError("ShardedWrite over (group, item) pairs needs groups=[...]")
+            groups, p, items = self._groups, items_by_group.pipeline, items_by_group
+        else:
+            groups = list(items_by_group)
+            p = next(iter(items_by_group.values())).pipeline
+            tagged = [items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, item)) for g in groups]
+            items = tagged[0] if len(tagged) == 1 else tagged | "All items" >> beam.Flatten()
         sizes = AsDict(items | "Measure" >> beam.CombinePerKey(_Measure(self._fmt)))
         written = (
             items

@@ -371,32 +371,24 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
 
 
 def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> list[Any]:
-    """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table);
-    returns each view's shard list."""
+    """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table),
+    the three sets through one sharded write and one describing step; returns the (view, shards) list."""
     layout = config.layout
-    by_view = records | "By view" >> beam.Partition(
-        lambda s, _n: s.record.image.view if s.record.image.view is not None else cxr.OTHER, len(cxr.VIEW_NAMES)
-    )
-    written = []
+    prefixes = {view: config.prefix(view) for view in cxr.VIEW_NAMES}
     rejects_manifest = manifests | "Rejects manifest" >> beam.Filter(
         lambda path: path.endswith(f"/{REJECTS_TABLE}/{tables.MANIFEST}")
     )
-    specs = feature_specs(config)
-    for index, view in enumerate(cxr.VIEW_NAMES):
-        prefix = config.prefix(view)
-        part = by_view[index]
-        shards = (
-            part
-            | f"Encode {view}" >> beam.Map(lambda r: _encode(layout, r))
-            | f"Write {view}" >> tfr.WriteExamples(prefix, config.num_shards, config.target_shard_bytes)
-        )
-        written.append(shards)
-        stats = part | f"Stats {view}" >> beam.Map(lambda s: _stats(layout, s.record))
-        _ = p | f"Describe {view}" >> tfr.DescribeDataset(
-            prefix, JOB, specs, stats, shards, rejects_manifest, ("records_written",),
-            {"layout": layout, "view": index},
-        )  # fmt: skip
-    return written
+    shards = (
+        records
+        | "Encode" >> beam.Map(lambda s: (s.record.view_name, _encode(layout, s)))
+        | "Write TFRecords" >> tfr.WriteExampleSets(prefixes, config.num_shards, config.target_shard_bytes)
+    )
+    stats = records | "Stats" >> beam.Map(lambda s: (s.record.view_name, _stats(layout, s.record)))
+    extras = {view: {"layout": layout, "view": index} for index, view in enumerate(cxr.VIEW_NAMES)}
+    _ = p | "Describe TFRecords" >> tfr.DescribeDatasets(
+        prefixes, JOB, feature_specs(config), stats, shards, rejects_manifest, ("records_written",), extras
+    )
+    return [shards]
 
 
 def run(config: CxrConfig, beam_args: list[str] | None = None) -> CxrCounts:
