@@ -43,15 +43,16 @@ left out, with the whole process's time, CPU-s (user + sys, children included) a
   difference is gzip's decode cost per image.
 * **cxr prepare, 1 worker / 2 workers**: the whole corpus (`input_dir`), not pinned,
   `["--direct_num_workers=1"]` against `["--direct_running_mode=multi_processing", "--direct_num_workers=2"]`.
-  Parallelism is per tar (one tar is read by one worker), hence the T + 1 tars of similar size.
-* **cxr prepare, 1 worker, ~N/4**: the first train tar alone, for memory: peak RSS (the job process's
+  Parallelism is per tar (one tar is read by one worker), so the ratio is capped by how the tars split over
+  2 workers (printed: worst and best split).
+* **cxr prepare, 1 worker, one tar**: the first train tar alone, for memory: peak RSS (the job process's
   `ru_maxrss` from `os.wait4`; the 2-worker row's figure is the largest single process, not the sum) at N
-  and at ~N/4 images shows whether memory is flat in N.
+  and at ~N/(T + 2) images shows whether memory is flat in N.
 
 Then: the projection for 377,110 images (MIMIC-CXR-JPG) at the measured 2-worker rate (and an idle-machine
 estimate from the 2-worker run's CPU-s and the worst split of the tars over 2 workers), the targets beside
 the measured figures (≥ 2.5× the plain loop per core; ≥ 1.8× on 2 workers vs 1 at ≥ 2,000 images; memory
-flat in N, taken as peak RSS at N within 10 % of that at ~N/4), and the checks: every job run writes one
+flat in N, taken as peak RSS at N within 10 % of that at the one-tar run), and the checks: every job run writes one
 record per corpus image (read back from its shards), with no rejects and no label row without an image.
 """
 
@@ -556,8 +557,9 @@ def main() -> None:
     parser.add_argument(
         "--train-tars",
         type=int,
-        default=3,
-        help="train tars (+ valid.tar.gz): 3 gives 4 tars of ~27/27/27/20 %% of the images",
+        default=10,
+        help="train tars (+ valid.tar.gz, ~a fifth of the patients): 10, like the 2019 release's train_p10 … "
+        "train_p19",
     )
     parser.add_argument(
         "--core",
@@ -743,7 +745,7 @@ def main() -> None:
             1,
         ),
     }
-    # The ~N/4 memory run needs only its own tar's rows: a CSV of them, cut from train.csv.gz.
+    # The one-tar memory run needs only its own tar's rows: a CSV of them, cut from train.csv.gz.
     quarter_csv = corpus.derived / f"{first_tar.name.split('.')[0]}.labels.csv.gz"
     if not quarter_csv.exists():
         prefix = f"train/p{first_tar.name.split('_p')[1][:2]}"
@@ -800,7 +802,7 @@ def main() -> None:
             v["job_1w"].seconds / v["job_2w"].seconds,
             f"target >= {TARGET_WORKERS}x",
         ),
-        "job_quarter": (None, "memory at ~N/4"),
+        "job_quarter": (None, "memory at one tar"),
     }
     print(
         f"\n{'row':<42} {'images':>6} {'s':>8} {'s proc':>7} {'img/s':>7} {'ms/img':>7} {'ratio':>7} "
@@ -878,7 +880,7 @@ def main() -> None:
     idle_2w = cpu_2w * max(loads) / corpus.images
     print(
         f"1 worker, whole corpus: {1000 * marginal:.1f} ms/image marginal + {fixed:.1f} s fixed (from the N and "
-        f"~N/4 runs); resized JPGs {jpg_kb:.1f} kB each; tars {tars}: 2 workers can reach at most "
+        f"one-tar runs); resized JPGs {jpg_kb:.1f} kB each; tars {tars}: 2 workers can reach at most "
         f"{worst:.2f}x (worst split) to {bound:.2f}x (best split)"
     )
     print(

@@ -659,7 +659,7 @@ class DescribeDatasets(beam.PTransform):
         totals = self._stats | "Sum counts" >> beam.CombinePerKey(SumCounts())
         return (
             p
-            | "Sets" >> beam.Create(sorted(self._prefixes))
+            | "Sets" >> beam.Create(sorted(self._prefixes), reshuffle=False)
             | "Write features.json"
             >> beam.ParDo(
                 _DescribeSet(self._prefixes, self._job, self._specs, self._count_names, self._extras),
