@@ -281,10 +281,13 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
     settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality, config.spill_dir)
     rejects = []
     image_sets, failed_sets = [], []
+    spread = not runner.runs_in_one_local_worker(p.options)  # one local worker: nothing to spread over
     if config.tar_patterns:
         from medbeam.transforms.files import match_inputs
 
-        tars = match_inputs(p, config.tar_patterns, config.parquet_dir) | "Spread tars" >> beam.Reshuffle()
+        tars = match_inputs(p, config.tar_patterns, config.parquet_dir)
+        if spread:
+            tars = tars | "Spread tars" >> beam.Reshuffle()
         storage = files.Storage(files.s3_options_of(p.options))
         read = tars | "Read tars" >> beam.ParDo(
             ReadTarImagesFn(settings, archives.Limits(), storage, ticker)
@@ -298,8 +301,9 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
             | "Image patterns" >> beam.Create(config.image_patterns)
             | "Match images" >> beam.io.fileio.MatchAll()
             | "JPG files" >> beam.FlatMap(lambda m: [m.path] if m.path.lower().endswith(".jpg") else [])
-            | "Spread images" >> beam.Reshuffle()
         )
+        if spread:
+            paths = paths | "Spread images" >> beam.Reshuffle()
         read = paths | "Read images" >> beam.ParDo(ReadImageFileFn(settings, ticker)).with_outputs(
             REJECTS, FAILED, main="images"
         )
