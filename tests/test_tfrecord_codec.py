@@ -203,6 +203,34 @@ def test_write_examples_is_deterministic_and_replaces_other_runs(tmp_path):
     assert tfr.existing_shards(prefix) == []
 
 
+class _Deferred(tfr.DeferredExample):
+    """An Example made only in the worker writing its shard (what cxr prepare's spilled JPGs use)."""
+
+    def __init__(self, i: int):
+        self.i, self.nbytes, self.sort_token = i, 16, f"{i:03d}"
+
+    def serialize(self) -> bytes:
+        return tfr.encode_example({"i": self.i})
+
+
+def test_example_sets_in_one_write_equal_separate_writes_and_deferred_bytes(tmp_path):
+    records = [(f"k{i:03d}", tfr.encode_example({"i": i})) for i in range(30)]
+    apart = {name: _write(str(tmp_path / "apart" / name), part, num_shards=2)
+             for name, part in (("a", records[:20]), ("b", records[20:]))}  # fmt: skip
+    prefixes = {name: str(tmp_path / "together" / name) for name in ("a", "b", "empty")}
+    tagged = [("a" if int(k[1:]) < 20 else "b", (k, _Deferred(int(k[1:])))) for k, _ in records]
+    with beam.Pipeline() as p:
+        shards = p | beam.Create(tagged) | tfr.WriteExampleSets(prefixes, num_shards=2)
+        assert_that(
+            shards | beam.MapTuple(lambda name, paths: (name, len(paths))),
+            equal_to([("a", 2), ("b", 2), ("empty", 0)]),
+        )
+    for name in ("a", "b"):
+        together = tfr.existing_shards(prefixes[name])
+        assert [open(x, "rb").read() for x in together] == [open(x, "rb").read() for x in apart[name]]
+    assert tfr.existing_shards(prefixes["empty"]) == []
+
+
 def test_read_examples_with_beams_reader(tmp_path):
     prefix = str(tmp_path / "r")
     _write(prefix, [(str(i), tfr.encode_example({"i": i, "s": str(i)})) for i in range(5)], num_shards=2)
