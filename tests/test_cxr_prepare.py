@@ -24,7 +24,7 @@ SHAPE = (64, 48)
 CODES = {None: 0, 0.0: 1, -1.0: 2, 1.0: 3}
 
 
-def _prepare(layout: str, sample: syn.CxrSample, out: Path, **kwargs):
+def _prepare(layout: str, sample: syn.CxrSample, out: Path, beam_args: list[str] | None = None, **kwargs):
     input_dir = sample.root if layout in (cxr.MIMIC_2019, cxr.MIMIC_JPG) else sample.data_root
     config = CxrConfig(
         layout=layout,
@@ -36,7 +36,7 @@ def _prepare(layout: str, sample: syn.CxrSample, out: Path, **kwargs):
         progress=False,
         **kwargs,
     )
-    return config, run(config, [])
+    return config, run(config, beam_args or [])
 
 
 def _records(tf_dir: Path) -> dict[str, list[dict[str, tfr.FeatureValue]]]:
@@ -314,3 +314,24 @@ def test_labels_and_rejects_load_into_bigquery(bigquery_emulator, tmp_path):
     assert got == sorted(_rows(str(tmp_path / "c.duckdb"), "SELECT path, cardiomegaly, age FROM labels"))
     assert len(got) == len(sample.images)
     assert client.get_table(f"{bigquery_emulator.project}.{dataset}.rejects").num_rows == 1
+
+
+def test_large_tars_read_in_parts_give_the_same_outputs(tmp_path):
+    """With more than one worker a tar much larger than the others is read in parts (windows of the tar,
+    each streamed by its own reader): the records, JPGs, tables and counts are those of one reader."""
+    from medbeam.transforms.cxr import tar_parts
+
+    sample = syn.write_mimic_cxr_2019(tmp_path / "in", patients=6, bad_cases=True, train_tars=1)
+    sizes = [t.stat().st_size for t in sample.tars]
+    assert max(tar_parts(s, sizes) for s in sizes) == 2  # the train tar: 2 parts
+    whole = _prepare(cxr.MIMIC_2019, sample, tmp_path / "whole")
+    parts = _prepare(cxr.MIMIC_2019, sample, tmp_path / "parts",
+                     beam_args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])  # fmt: skip
+    assert parts[1] == whole[1]
+    assert digests(tmp_path / "parts" / "tf", "*.tfrecord") == digests(tmp_path / "whole" / "tf", "*.tfrecord")
+    assert digests(tmp_path / "parts" / "jpg", "*.jpg") == digests(tmp_path / "whole" / "jpg", "*.jpg")
+    sql = "SELECT * FROM {} ORDER BY ALL"
+    for table in ("labels", "rejects"):
+        assert _rows(str(tmp_path / "parts" / "cxr.duckdb"), sql.format(table)) == _rows(
+            str(tmp_path / "whole" / "cxr.duckdb"), sql.format(table)
+        )

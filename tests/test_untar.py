@@ -426,3 +426,68 @@ def test_rerun_with_another_archive_removes_only_the_previous_runs_members(tmp_p
     assert not (out / "scans" / "p2").exists()  # emptied folders go too
     assert counts.stale_outputs_removed == 2
     assert "2 files of the previous run removed" in counts.summary()
+
+
+# ---------------------------------------------------------------------------------------------------
+# read_members in windows: several readers share one archive (cxr prepare's large tars)
+
+
+def _windowed(archive: Path, parts: int) -> tuple[list[list[str]], list[archives.ArchiveFailure]]:
+    """Each window's member events ('kind:member'), and the failures the windows raised."""
+    seen, failures = [], []
+    size = archive.stat().st_size
+    for window in archives.tar_windows(size, parts):
+        events = []
+        try:
+            for event in archives.read_members(str(archive), size, Limits(), 1 << 20, window=window):
+                events.append(f"{event.kind}:{event.member}")
+        except archives.ArchiveFailure as failure:
+            failures.append(failure)
+        seen.append(events)
+    return seen, failures
+
+
+@pytest.mark.parametrize("fmt", ["", "gz"])
+@pytest.mark.parametrize("parts", [1, 2, 3, 5])
+def test_windows_split_the_members_exactly_once(tmp_path, fmt, parts):
+    members = [(_info(f"m{i:02d}.bin", 700 * (i % 4 + 1)), bytes([i]) * 700 * (i % 4 + 1)) for i in range(24)]
+    members.insert(5, (_info("link", type_=tarfile.SYMTYPE, linkname="/etc/passwd"), None))
+    members.insert(9, (_info("../escape", 4), b"evil"))
+    archive = tmp_path / f"a.tar{'.gz' if fmt else ''}"
+    archive.write_bytes(tar_bytes(members, fmt))
+    whole, failures = _windowed(archive, 1)
+    assert not failures and len(whole[0]) == 26
+    split, failures = _windowed(archive, parts)
+    assert not failures
+    assert [e for events in split for e in events] == whole[0]
+    assert all(split) or parts > 1  # some windows may be empty, none overlap
+
+
+@pytest.mark.parametrize("cut", ["inside a member", "at a header boundary", "bad gzip crc"])
+def test_a_failure_is_raised_by_one_window_only(tmp_path, cut):
+    members = {f"m{i:02d}.bin": bytes([i]) * 5000 for i in range(12)}
+    data = tar_bytes(members, "gz" if cut == "bad gzip crc" else "")
+    if cut == "inside a member":
+        data = data[: len(data) // 2 + 1000]
+    elif cut == "at a header boundary":
+        data = data[: 3 * (512 + 5120)]  # three whole members (header + padded data), then nothing
+    else:
+        data = data[:-8] + bytes([data[-8] ^ 0xFF]) + data[-7:]
+    archive = tmp_path / "cut.tar"
+    archive.write_bytes(data)
+    whole, whole_failures = _windowed(archive, 1)
+    for parts in (2, 3, 4):
+        split, failures = _windowed(archive, parts)
+        assert [e for events in split for e in events] == whole[0]
+        assert [(str(f), f.member) for f in failures] == [(str(f), f.member) for f in whole_failures]
+
+
+def test_tar_parts_follow_the_typical_size():
+    from medbeam.transforms.cxr import tar_parts
+
+    train = [290] * 10
+    assert [tar_parts(s, [*train, 723]) for s in (290, 723)] == [1, 2]
+    assert tar_parts(1000, [1000]) == 2  # one tar: two readers
+    assert tar_parts(500, [500, 500]) == 1
+    assert tar_parts(10_000, [10, 10, 10_000]) == 4  # capped: each part inflates what comes before it
+    assert tar_parts(0, [0]) == 1

@@ -495,12 +495,39 @@ class MemberEvent:
 
 
 class ArchiveFailure(Exception):
-    """The archive could not be read on (or was stopped); `member` names the member being read, if any."""
+    """The archive could not be read on (or was stopped); `member` names the member being read, if any;
+    `offset` is where in the tar stream it happened (that member's header, else the next header's place)."""
 
-    def __init__(self, error: FileJobError, member: str | None = None):
+    def __init__(self, error: FileJobError, member: str | None = None, offset: int = 0):
         super().__init__(str(error))
         self.error = error
         self.member = member
+        self.offset = offset
+
+
+#: (first, end) offsets in the tar stream: a window takes the members whose header starts in [first, end);
+#: end None: to the end of the archive.
+Window = tuple[int, "int | None"]
+
+
+def tar_windows(archive_size: int, parts: int) -> list[Window]:
+    """`parts` windows that cover an archive of `archive_size` bytes: every member falls in exactly one.
+
+    The cut points are fractions of the (compressed) file size, applied to offsets in the tar stream:
+    for tars of JPEGs the two are nearly equal; otherwise the last window gets more. Correct either way.
+    """
+    parts = max(1, parts)
+    cuts = [archive_size * i // parts for i in range(1, parts)]
+    starts = [0, *cuts]
+    return [(start, end) for start, end in zip(starts, [*cuts, None], strict=True)]
+
+
+def window_owns(window: Window | None, offset: int) -> bool:
+    """Whether a failure at `offset` is this window's to report (exactly one window owns any offset)."""
+    if window is None:
+        return True
+    first, end = window
+    return offset >= first and (end is None or offset < end)
 
 
 def _member_kind_refusal(info: tarfile.TarInfo) -> str | None:
@@ -548,11 +575,21 @@ def untar(
 
 
 def read_members(
-    archive: str, archive_size: int, limits: Limits, max_member_bytes: int, storage: Storage | None = None
+    archive: str,
+    archive_size: int,
+    limits: Limits,
+    max_member_bytes: int,
+    storage: Storage | None = None,
+    window: Window | None = None,
 ) -> Iterator[MemberEvent]:
     """Stream the members of one tar archive into memory, one at a time: a 'read' MemberEvent per regular
     member with its bytes in `data` and its safe relative path in `output`; unsafe members and members over
-    `max_member_bytes` are 'rejected'. The same guards and failures (ArchiveFailure) as untar()."""
+    `max_member_bytes` are 'rejected'. The same guards and failures (ArchiveFailure) as untar().
+
+    With a `window` (one of `tar_windows`), only the members whose header starts in it: the ones before
+    are passed over unread (a compressed stream still inflates them), and reading stops at its end. So
+    several workers can share one large archive; a failure is raised only by the window that owns its
+    offset (`window_owns`), the others end quietly."""
     storage = storage or Storage()
 
     def read(info: tarfile.TarInfo, relative: str, source: BinaryIO) -> MemberEvent:
@@ -562,7 +599,11 @@ def read_members(
         data = _read_exactly(source, info.size)
         return MemberEvent("read", info.name, output=relative, size=len(data), data=data)
 
-    yield from _members(archive, archive_size, limits, storage, read)
+    try:
+        yield from _members(archive, archive_size, limits, storage, read, window)
+    except ArchiveFailure as failure:
+        if window_owns(window, failure.offset):
+            raise
 
 
 def _members(
@@ -571,8 +612,10 @@ def _members(
     limits: Limits,
     storage: Storage,
     handle: Callable[[tarfile.TarInfo, str, BinaryIO], MemberEvent],
+    window: Window | None = None,
 ) -> Iterator[MemberEvent]:
-    """Open one archive and hand each safe regular member to `handle(info, safe relative path, stream)`."""
+    """Open one archive and hand each safe regular member (in `window`, if given) to `handle(info, safe
+    relative path, stream)`."""
     with storage.open(archive) as raw:
         fmt, stream = open_decompressed(raw)
         try:
@@ -592,22 +635,32 @@ def _members(
             else:  # the compression layer failed (tarfile reads ahead: small archives fail here)
                 error = CorruptArchiveError(f"corrupt or truncated {fmt} data: {type(exc).__name__}: {exc}")
             raise ArchiveFailure(error) from exc
-        yield from _each_member(tf, stream, fmt, archive_size, limits, handle)
+        yield from _each_member(tf, stream, fmt, archive_size, limits, handle, window)
 
 
-def _each_member(tf, stream, fmt, archive_size, limits, handle) -> Iterator[MemberEvent]:
+def _each_member(tf, stream, fmt, archive_size, limits, handle, window=None) -> Iterator[MemberEvent]:
     expanded = 0
     current: str | None = None
+    # Where a failure is placed (ArchiveFailure.offset): the member being read, else the last member's
+    # header (what next() fails in: the rest of its data or the header after it), else 0. Every window's
+    # reader places one failure alike, and only the window of that member owns it.
+    offset = last = 0
+    first, end_at = window if window is not None else (0, None)
     try:
         while True:
-            current = None
+            current, offset = None, last
             info = tf.next()
             if info is None:
                 break
             tf.members.clear()  # stream mode keeps every TarInfo otherwise: memory grows with member count
-            current = info.name
+            current, offset = info.name, info.offset
+            last = info.offset
             expanded += max(info.size, 0)
             limits.check(expanded, archive_size)
+            if end_at is not None and info.offset >= end_at:
+                return  # the next window's first member: its reader takes it from here
+            if info.offset < first:
+                continue  # the previous window's (tarfile skips its data)
             if info.isdir():
                 yield MemberEvent("skipped", info.name)
                 continue
@@ -624,6 +677,8 @@ def _each_member(tf, stream, fmt, archive_size, limits, handle) -> Iterator[Memb
         current = None
         end = getattr(tf, "medbeam_end", None)
         if end != "eof":
+            offset = last
+        if end != "eof":
             raise CorruptArchiveError(
                 f"archive ends without an end-of-archive marker ({end} at offset {tf.offset}): truncated or "
                 "corrupt; members before this point were written"
@@ -632,13 +687,13 @@ def _each_member(tf, stream, fmt, archive_size, limits, handle) -> Iterator[Memb
     except ArchiveFailure:
         raise
     except FileJobError as exc:
-        raise ArchiveFailure(exc, current) from exc
+        raise ArchiveFailure(exc, current, offset) from exc
     except Exception as exc:  # noqa: BLE001
         if not _is_data_error(exc):
             raise
         layer = f"{fmt} " if fmt else ""
         raise ArchiveFailure(
-            CorruptArchiveError(f"corrupt or truncated {layer}tar: {type(exc).__name__}: {exc}"), current
+            CorruptArchiveError(f"corrupt or truncated {layer}tar: {type(exc).__name__}: {exc}"), current, offset
         ) from exc
 
 

@@ -43,6 +43,7 @@ from medbeam.transforms.cxr import (
     ReadTarImagesFn,
     Spilled,
     number_study_images,
+    tar_parts,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
 from medbeam.transforms.outputs import ReplaceOutputs, outputs_table
@@ -286,8 +287,15 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         from medbeam.transforms.files import match_inputs
 
         tars = match_inputs(p, config.tar_patterns, config.parquet_dir)
-        if spread:
-            tars = tars | "Spread tars" >> beam.Reshuffle()
+        if spread:  # large tars in parts, so that one tar does not hold the other workers back
+            sizes = beam.pvalue.AsList(tars | "Sizes" >> beam.Map(lambda t: t[1]))
+            tars = (
+                tars
+                | "Tar parts" >> beam.FlatMap(
+                    lambda t, sizes: [(*t, i, n) for n in [tar_parts(t[1], sizes)] for i in range(n)], sizes
+                )
+                | "Spread tars" >> beam.Reshuffle()
+            )
         storage = files.Storage(files.s3_options_of(p.options))
         read = tars | "Read tars" >> beam.ParDo(
             ReadTarImagesFn(settings, archives.Limits(), storage, ticker)

@@ -97,19 +97,43 @@ def _image_reject(uri: str, stage: str, exc: Exception) -> TaggedOutput:
     return TaggedOutput(REJECTS, reject(uri, stage, exc))
 
 
+#: A tar much larger than the typical one is read in parts (`tar_parts`), at most this many.
+MAX_TAR_PARTS = 4
+
+
+def tar_parts(size: int, sizes: list[int], max_parts: int = MAX_TAR_PARTS) -> int:
+    """How many readers share a tar of `size` bytes, given every tar's size: about size / the typical size
+    (the median; at least two parts in all), so that no reader gets several tars' worth of work (the 2019
+    release's valid tar beside its train tars; a dataset in one tar). Each part of a compressed tar
+    inflates what comes before it, so the count is capped."""
+    ordered = sorted(sizes)
+    if not ordered or size <= 0:
+        return 1
+    typical = min(ordered[len(ordered) // 2], sum(ordered) / 2)
+    return max(1, min(max_parts, round(size / typical)))
+
+
 class ReadTarImagesFn(beam.DoFn):
-    """(tar path, size) → (key, image) for each member, streamed one at a time; rejects for the rest."""
+    """(tar path, size[, part, parts]) → (key, image) for each member (of that part: a window of the tar,
+    `archives.tar_windows`), streamed one at a time; rejects for the rest. A part's failure is reported by
+    the part it happened in (`archives.window_owns`), once; `archives_in` is counted by part 0."""
 
     def __init__(self, settings: ImageSettings, limits: archives.Limits, storage: files.Storage,
                  ticker: ProgressTicker | None = None):  # fmt: skip
         self._settings, self._limits, self._storage = settings, limits, storage
         self._ticker = ticker or ProgressTicker(None)
 
-    def process(self, element: tuple[str, int]) -> Iterator[Any]:
-        archive, size = element
-        count("archives_in")
+    def process(self, element: tuple[Any, ...]) -> Iterator[Any]:
+        archive, size = element[0], element[1]
+        part, parts = (element[2], element[3]) if len(element) == 4 else (0, 1)
+        window = archives.tar_windows(size, parts)[part] if parts > 1 else None
+        if part == 0:
+            count("archives_in")
+        reached = False
         try:
-            for event in archives.read_members(archive, size, self._limits, MAX_IMAGE_BYTES, self._storage):
+            members = archives.read_members(archive, size, self._limits, MAX_IMAGE_BYTES, self._storage, window)
+            for event in members:
+                reached = True
                 if event.kind == "skipped":
                     continue
                 count("images_in")
@@ -126,8 +150,9 @@ class ReadTarImagesFn(beam.DoFn):
             uri = member_uri(archive, failure.member) if failure.member else archive
             yield TaggedOutput(REJECTS, reject(uri, failure.error.stage, failure.error))
         except Exception as exc:  # noqa: BLE001 - e.g. unreadable: this archive's reject, the run goes on
-            count("archives_rejected")
-            yield TaggedOutput(REJECTS, reject(archive, "open", exc))
+            if part == 0 or reached:  # before its window, a later part met what part 0 reports
+                count("archives_rejected")
+                yield TaggedOutput(REJECTS, reject(archive, "open", exc))
 
 
 class ReadImageFileFn(beam.DoFn):
