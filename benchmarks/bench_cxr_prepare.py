@@ -43,8 +43,8 @@ left out, with the whole process's time, CPU-s (user + sys, children included) a
   difference is gzip's decode cost per image.
 * **cxr prepare, 1 worker / 2 workers**: the whole corpus (`input_dir`), not pinned,
   `["--direct_num_workers=1"]` against `["--direct_running_mode=multi_processing", "--direct_num_workers=2"]`.
-  Parallelism is per tar (one tar is read by one worker), so the ratio is capped by how the tars split over
-  2 workers (printed: worst and best split).
+  Parallelism is per tar, or per part of a tar much larger than the others (the job's `tar_parts`), so
+  the ratio is capped by how the parts split over 2 workers (printed: worst and best split).
 * **cxr prepare, 1 worker, one tar**: the first train tar alone, for memory: peak RSS (the job process's
   `ru_maxrss` from `os.wait4`; the 2-worker row's figure is the largest single process, not the sum) at N
   and at ~N/(T + 2) images shows whether memory is flat in N.
@@ -844,9 +844,17 @@ def main() -> None:
     flat = mem_full <= mem_q * (1 + FLAT_TOLERANCE)
     jpgs = list((Path(v["job_1w"].spec["out"]) / "jpg").rglob("*.jpg"))
     jpg_kb = sum(p.stat().st_size for p in jpgs) / max(1, len(jpgs)) / 1024
-    tars = sorted(corpus.tars.values(), reverse=True)
-    # The DirectRunner deals the (reshuffled) tars out to the workers round-robin, in no set order: one
-    # worker gets ceil(T/2) of them, whole. The best and worst such splits bound the 2-worker speed-up.
+    from medbeam.transforms.cxr import tar_parts
+
+    # With more than one worker the job reads a tar much larger than the others in parts (tar_parts, about
+    # equal in images); the DirectRunner deals the (reshuffled) parts out to the workers round-robin, in no
+    # set order: one worker gets ceil(P/2) of them. The best and worst such splits bound the speed-up.
+    sizes = {name: (corpus.root / name).stat().st_size for name in corpus.tars}
+    units = []
+    for name, images in corpus.tars.items():
+        n = tar_parts(sizes[name], list(sizes.values()))
+        units += [images // n + (1 if i < images % n else 0) for i in range(n)]
+    tars = sorted(units, reverse=True)
     loads = [max(sum(c), corpus.images - sum(c)) for c in combinations(tars, (len(tars) + 1) // 2)]
     bound, worst = corpus.images / min(loads), corpus.images / max(loads)
 
@@ -880,7 +888,7 @@ def main() -> None:
     idle_2w = cpu_2w * max(loads) / corpus.images
     print(
         f"1 worker, whole corpus: {1000 * marginal:.1f} ms/image marginal + {fixed:.1f} s fixed (from the N and "
-        f"one-tar runs); resized JPGs {jpg_kb:.1f} kB each; tars {tars}: 2 workers can reach at most "
+        f"one-tar runs); resized JPGs {jpg_kb:.1f} kB each; images per part {tars}: 2 workers can reach at most "
         f"{worst:.2f}x (worst split) to {bound:.2f}x (best split)"
     )
     print(
