@@ -125,7 +125,9 @@ def ocr_boxes(gray: np.ndarray, timeout: float = 120.0) -> list[Box]:
     if done.returncode != 0:
         raise RedactionError(f"OCR failed (tesseract exit status {done.returncode})")
     boxes = []
-    for row in csv.DictReader(io.StringIO(done.stdout.decode("utf-8", "replace")), delimiter="\t", quoting=csv.QUOTE_NONE):
+    for row in csv.DictReader(
+        io.StringIO(done.stdout.decode("utf-8", "replace")), delimiter="\t", quoting=csv.QUOTE_NONE
+    ):
         text = (row.get("text") or "").strip()
         try:
             conf = float(row.get("conf") or -1)

@@ -290,8 +290,25 @@ class DeidResult:
 
 # Action names for the audit.
 REMOVED, EMPTIED, DUMMIED, UID_REPLACED, PSEUDONYMIZED = "removed", "emptied", "dummy", "uid_replaced", "pseudonymized"
-DATE_SHIFTED, CLEANED, KEPT, PRIVATE_REMOVED, PRIVATE_KEPT = "date_shifted", "cleaned", "kept", "private_removed", "private_kept"
-ACTIONS = (REMOVED, EMPTIED, DUMMIED, UID_REPLACED, PSEUDONYMIZED, DATE_SHIFTED, CLEANED, KEPT, PRIVATE_REMOVED, PRIVATE_KEPT)
+DATE_SHIFTED, CLEANED, KEPT, PRIVATE_REMOVED, PRIVATE_KEPT = (
+    "date_shifted",
+    "cleaned",
+    "kept",
+    "private_removed",
+    "private_kept",
+)
+ACTIONS = (
+    REMOVED,
+    EMPTIED,
+    DUMMIED,
+    UID_REPLACED,
+    PSEUDONYMIZED,
+    DATE_SHIFTED,
+    CLEANED,
+    KEPT,
+    PRIVATE_REMOVED,
+    PRIVATE_KEPT,
+)
 
 
 def basic_action(tag: int) -> str | None:
@@ -307,9 +324,7 @@ def basic_action(tag: int) -> str | None:
 
 
 class _Walker:
-    def __init__(
-        self, keys: Keys, options: DeidOptions, result: DeidResult, identifying: list[str], patient_id: str
-    ):
+    def __init__(self, keys: Keys, options: DeidOptions, result: DeidResult, identifying: list[str], patient_id: str):
         self.keys = keys
         self.patient_id = patient_id.strip()
         self.options = options
