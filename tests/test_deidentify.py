@@ -33,6 +33,7 @@ from medbeam.dicom.deidentify import (
     deidentify,
     shift_date,
 )
+from medbeam.dicom.render import RenderOptions
 from medbeam.io import tables
 from medbeam.pipelines import dicom_deidentify as dd
 from medbeam.pipelines import dicom_export
@@ -406,7 +407,11 @@ def test_export_of_the_output_renders_the_same_images(runs, tmp_path):
     def export(source: Path, name: str) -> dict[str, np.ndarray]:
         png = tmp_path / name
         config = dicom_export.ExportConfig(
-            inputs=[str(source)], png_dir=str(png), parquet_dir=str(tmp_path / f"{name}-tables"), progress=False
+            inputs=[str(source)],
+            png_dir=str(png),
+            parquet_dir=str(tmp_path / f"{name}-tables"),
+            render=RenderOptions(window="none"),  # min-max would follow the filled box's value
+            progress=False,
         )
         dicom_export.run(config)
         return {p.stem: np.asarray(Image.open(p)) for p in png.rglob("*.png")}

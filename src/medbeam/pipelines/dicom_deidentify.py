@@ -18,6 +18,8 @@ Every input file ends in exactly one of: de-identified, rejected: ``files_in == 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -234,7 +236,37 @@ def run(config: DeidentifyConfig, beam_args: list[str] | None = None) -> Deident
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.input_pattern(i))}
     total = len(matches) if matches else None
     plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
-    result = runner.run_job(
+    with element_logs_off():
+        result = _run(config, beam_args, plan, total, options)
+    values = runner.counters(result, NAMESPACE)
+    counts = runner.counts_of(DeidentifyCounts, values, rejected_by_stage=runner.by_stage(values))
+    names = [AUDIT_TABLE, REJECTS_TABLE] + ([STOW_TABLE] if config.dicomweb is not None else [])
+    runner.load_tables(config.duckdb_path, config.parquet_dir, names)
+    return counts
+
+
+#: Beam loggers that print every element they process at DEBUG (the mapping rows are PHI).
+ELEMENT_LOGGERS = ("apache_beam.runners.worker.operations", "apache_beam.runners.worker.bundle_processor")
+
+
+@contextlib.contextmanager
+def element_logs_off() -> Iterator[None]:
+    """For the run only: Beam's per-element DEBUG lines off, so a debug log never holds an original value
+    (the --mapping-out rows travel as elements). Restored afterwards; importing medbeam changes nothing."""
+    loggers = [logging.getLogger(name) for name in ELEMENT_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _run(config: DeidentifyConfig, beam_args, plan, total, options):
+    return runner.run_job(
         lambda p, tickers: build(p, config, ticker=tickers["files"]),
         beam_args,
         plan,
@@ -242,8 +274,3 @@ def run(config: DeidentifyConfig, beam_args: list[str] | None = None) -> Deident
         show_progress=config.progress,
         options=options,
     )
-    values = runner.counters(result, NAMESPACE)
-    counts = runner.counts_of(DeidentifyCounts, values, rejected_by_stage=runner.by_stage(values))
-    names = [AUDIT_TABLE, REJECTS_TABLE] + ([STOW_TABLE] if config.dicomweb is not None else [])
-    runner.load_tables(config.duckdb_path, config.parquet_dir, names)
-    return counts
