@@ -466,3 +466,26 @@ def test_cli_refuses_a_missing_or_short_key(tmp_path):
     assert short.exit_code == 2 and "shorter than 16 bytes" in short.output and "tiny-secret" not in short.output
     neither = CliRunner().invoke(app, base)
     assert neither.exit_code == 2 and "--key-env" in neither.output
+
+
+def test_jpeg_lossless_is_written_again_as_rle_lossless(ocr):
+    from tests.helpers import dicom_file
+
+    ds = pydicom.dcmread(dicom_file("JPEG-LL.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == uids.JPEGLosslessSV1
+    before = ds.pixel_array.copy()
+    ds.BurnedInAnnotation = "YES"
+    boxes = burned_in.redact(ds)
+    again = pydicom.dcmread(io.BytesIO(_bytes(ds)))
+    assert again.file_meta.TransferSyntaxUID == (uids.RLELossless if boxes else uids.JPEGLosslessSV1)
+    changed = again.pixel_array != before
+    assert boxes == 0 or (changed.any() and changed.mean() < 0.5)  # only the filled boxes differ
+
+
+def test_bare_datasets_get_a_transfer_syntax_before_decoding():
+    from tests.helpers import dicom_file
+
+    ds = pydicom.dcmread(dicom_file("OT-PAL-8-face.dcm"), force=True)
+    assert "TransferSyntaxUID" not in getattr(ds, "file_meta", {})
+    assert burned_in.ensure_transfer_syntax(ds) == uids.ImplicitVRLittleEndian
+    assert ds.pixel_array.shape == (ds.Rows, ds.Columns)

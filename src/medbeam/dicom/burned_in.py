@@ -10,8 +10,9 @@ Tesseract's sparse-text mode finds the words and their boxes.
 Safety rule: an instance that should be checked and cannot be (pixels that do not decode, a transfer
 syntax we cannot write again, OCR that fails) raises RedactionError and is rejected by the caller; it is
 never passed through unredacted. Lossless stays lossless: uncompressed pixels are rewritten as they were,
-RLE / JPEG 2000 / JPEG-LS lossless are encoded again in the same syntax (pydicom's encoders), lossy JPEG
-baseline is encoded again as JPEG baseline (Pillow), still marked lossy.
+RLE / JPEG 2000 / JPEG-LS are encoded again in the same syntax (pydicom's encoders; lossy JPEG 2000 at
+PSNR 80 dB), JPEG Lossless (which pydicom cannot write) as RLE Lossless, lossy JPEG baseline again as
+JPEG baseline (Pillow), still marked lossy. JPEG extended (12-bit lossy) cannot be written: rejected.
 """
 
 from __future__ import annotations
@@ -55,13 +56,17 @@ MIN_CONFIDENCE = 20.0
 PAD = 3
 #: Images narrower than this are upscaled ×2 for OCR (small overlay fonts read better).
 UPSCALE_BELOW = 1024
-_RELENCODED = {
+_REENCODED = {
     uids.RLELossless,
     uids.JPEG2000Lossless,
     uids.JPEGLSLossless,
     uids.JPEG2000,
     uids.JPEGLSNearLossless,
 }
+#: Lossless syntaxes pydicom cannot write (JPEG Lossless; JPEG-LS without pyjpegls): written as RLE Lossless.
+_LOSSLESS_FALLBACK = {uids.JPEGLossless, uids.JPEGLosslessSV1, uids.JPEGLSLossless}
+#: Quality of a lossy JPEG 2000 written again (PSNR, dB): visually the same, still lossy.
+J2K_PSNR = 80.0
 
 
 class RedactionError(ValueError):
@@ -166,15 +171,34 @@ def _frames(ds: Dataset) -> np.ndarray:
     return array
 
 
+def ensure_transfer_syntax(ds: Dataset) -> uids.UID:
+    """The dataset's transfer syntax; a bare dataset (no file meta) gets the one it was read in, so that
+    its pixels can be decoded."""
+    from pydicom.dataset import FileMetaDataset
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = ds.file_meta = FileMetaDataset()
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = getattr(ds, "original_encoding", (False, True))
+        meta.TransferSyntaxUID = (
+            uids.ImplicitVRLittleEndian
+            if implicit
+            else (uids.ExplicitVRLittleEndian if little else uids.ExplicitVRBigEndian)
+        )
+    return meta.TransferSyntaxUID
+
+
 def redact(ds: Dataset) -> int:
     """Fill every text box OCR finds in `ds`'s frames and write the pixels back; returns the box count.
 
     Raises RedactionError when the instance cannot be checked or written again.
     """
-    syntax = ds.file_meta.TransferSyntaxUID if "TransferSyntaxUID" in getattr(ds, "file_meta", {}) else None
+    syntax = ensure_transfer_syntax(ds)
     if int(ds.get("BitsAllocated", 8)) == 1:
         raise RedactionError("1-bit pixel data cannot be redacted")
-    if syntax is not None and syntax.is_compressed and syntax not in _RELENCODED and syntax != uids.JPEGBaseline8Bit:
+    writable = _REENCODED | _LOSSLESS_FALLBACK | {uids.JPEGBaseline8Bit}
+    if syntax is not None and syntax.is_compressed and syntax not in writable:
         raise RedactionError(f"pixels in {syntax.name} cannot be written again after redaction")
     frames = np.array(_frames(ds), copy=True)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
@@ -208,10 +232,27 @@ def _write_pixels(ds: Dataset, frames: np.ndarray, syntax: uids.UID | None, phot
     if syntax == uids.JPEGBaseline8Bit:
         _write_jpeg_baseline(ds, frames)
         return
+    target, extra = syntax, {}
+    if syntax in _LOSSLESS_FALLBACK and not _can_encode(syntax):
+        target = uids.RLELossless  # still lossless; the syntax changes, the pixels do not
+    if target == uids.JPEG2000:
+        extra = {"j2k_psnr": [J2K_PSNR]}
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        ds.PhotometricInterpretation = "RGB"  # decoded as RGB (YBR_ICT/RCT/FULL converted)
+        ds.PlanarConfiguration = 0
     try:
-        ds.compress(syntax, array, generate_instance_uid=False)
+        ds.compress(target, array, generate_instance_uid=False, **extra)
     except Exception as exc:  # noqa: BLE001
-        raise RedactionError(f"pixels could not be encoded again in {syntax.name} ({type(exc).__name__})") from None
+        raise RedactionError(f"pixels could not be encoded again in {target.name} ({type(exc).__name__})") from None
+
+
+def _can_encode(syntax: uids.UID) -> bool:
+    from pydicom.pixels import get_encoder
+
+    try:
+        return get_encoder(syntax).is_available
+    except NotImplementedError:  # pydicom has no encoder for it at all (JPEG Lossless)
+        return False
 
 
 def _write_jpeg_baseline(ds: Dataset, frames: np.ndarray) -> None:

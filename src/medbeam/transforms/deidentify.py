@@ -120,6 +120,10 @@ def _reject(path: str, stage: str, exc: BaseException) -> dict[str, str]:
     return reject(path, stage, safe_message(exc), type(exc).__name__)
 
 
+def _uid(ds: Any, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip(" \x00")
+
+
 class KeyByInstanceFn(beam.DoFn):
     """(path, size) → (original SOP Instance UID, (path, size)) from a header read, or a reject."""
 
@@ -145,12 +149,12 @@ class KeyByInstanceFn(beam.DoFn):
             Metrics.counter(NAMESPACE, "rejected.parse").inc()
             yield TaggedOutput(REJECTS, _reject(path, "parse", exc))
             return
-        if not sop:
+        missing = [k for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID") if not _uid(ds, k)]
+        if missing:
             self._rejected.inc()
             Metrics.counter(NAMESPACE, "rejected.identity").inc()
-            yield TaggedOutput(
-                REJECTS, reject(path, "identity", "no SOPInstanceUID: cannot be de-identified", "DeidError")
-            )
+            message = f"no {missing[0]}: the de-identified copy could not be placed or referenced"
+            yield TaggedOutput(REJECTS, reject(path, "identity", message, "DeidError"))
             return
         yield sop, (path, size)
 
