@@ -301,6 +301,8 @@ def runs(tmp_path_factory, ocr):
     finally:
         logging.getLogger().removeHandler(handler)
         logging.getLogger().setLevel(previous)
+        os.environ.pop("MEDBEAM_TEST_KEY_A", None)
+        os.environ.pop("MEDBEAM_TEST_KEY_B", None)
     return root, (first, again, other), handler.text()
 
 

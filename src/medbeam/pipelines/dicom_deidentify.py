@@ -156,6 +156,7 @@ class DeidentifyCounts:
 
 def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker | None = None) -> None:
     """Wire the de-identification into `p`."""
+    storage = files.Storage(files.s3_options_of(p.options))
     patterns = [files.input_pattern(i) for i in config.inputs]
     matched = (
         p | "Patterns" >> beam.Create(patterns) | "Match" >> fileio.MatchAll() | "Files" >> beam.FlatMap(_path_and_size)
@@ -164,7 +165,7 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
         matched = matched | "Distinct" >> beam.Distinct()
     if not runner.runs_in_one_local_worker(p.options):
         matched = matched | "Spread files" >> beam.Reshuffle()
-    keyed = matched | "Header" >> beam.ParDo(KeyByInstanceFn(ticker or ProgressTicker(None))).with_outputs(
+    keyed = matched | "Header" >> beam.ParDo(KeyByInstanceFn(ticker or ProgressTicker(None), storage)).with_outputs(
         REJECTS, main="keyed"
     )
     chosen = (
@@ -181,6 +182,7 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
             config.dicomweb is not None,
             config.mapping_out is not None,
             ProgressTicker(None),
+            storage,
         )
     ).with_outputs(REJECTS, WRITTEN, STOW, MAPPING, main="audit")
     rejects = [keyed[REJECTS], chosen[REJECTS], done[REJECTS]]

@@ -42,7 +42,7 @@ from medbeam.io import dicomweb, files
 from medbeam.io.stow import copy_outcomes, send_batch
 from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
-from medbeam.worker import quiet_pydicom
+from medbeam.worker import quiet_pydicom, tune_allocator_for_large_images
 
 NAMESPACE = "medbeam.dicom_deidentify"
 REJECTS, WRITTEN, STOW, MAPPING = "rejects", "written", "stow", "mapping"
@@ -127,8 +127,9 @@ def _uid(ds: Any, keyword: str) -> str:
 class KeyByInstanceFn(beam.DoFn):
     """(path, size) → (original SOP Instance UID, (path, size)) from a header read, or a reject."""
 
-    def __init__(self, ticker: ProgressTicker):
+    def __init__(self, ticker: ProgressTicker, storage: files.Storage | None = None):
         self._ticker = ticker
+        self._storage = storage or files.Storage()
         self._files_in = Metrics.counter(NAMESPACE, "files_in")
         self._rejected = Metrics.counter(NAMESPACE, "rejected_files")
 
@@ -140,7 +141,7 @@ class KeyByInstanceFn(beam.DoFn):
         self._files_in.inc()
         self._ticker.tick()
         try:
-            with files.open_for_read(path) as fp:
+            with self._storage.open(path) as fp:
                 ds = read_dataset(fp)
                 check_complete(ds, size)
                 sop = str(ds.get("SOPInstanceUID", "") or "").strip(" \x00")
@@ -193,7 +194,9 @@ class DeidentifyFn(beam.DoFn):
         to_store: bool,
         mapping: bool,
         ticker: ProgressTicker,
+        storage: files.Storage | None = None,
     ):
+        self._storage = storage or files.Storage()
         self._key = key
         self._options = options
         self._redact_mode = redact_mode
@@ -209,6 +212,7 @@ class DeidentifyFn(beam.DoFn):
 
     def setup(self) -> None:
         quiet_pydicom()
+        tune_allocator_for_large_images()  # 10 MB pixel buffers reused, not mapped afresh per file
         self._keys = self._key.keys()
 
     def _fail(self, path: str, stage: str, exc: BaseException) -> Any:
@@ -220,7 +224,7 @@ class DeidentifyFn(beam.DoFn):
         path, size = file
         self._ticker.tick()
         try:
-            with files.open_for_read(path) as fp:
+            with self._storage.open(path) as fp:
                 ds = read_dataset(fp, defer_size=None)
         except Exception as exc:  # noqa: BLE001
             yield self._fail(path, "parse", exc)
@@ -238,9 +242,11 @@ class DeidentifyFn(beam.DoFn):
                 return
         try:
             result = deidentify(ds, self._keys, self._options, pixels_cleaned=boxes > 0)
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            data = buffer.getvalue()
+            data = None
+            if self._to_store:  # the bytes are needed for STOW-RS; a file alone is written as a stream
+                buffer = io.BytesIO()
+                ds.save_as(buffer, enforce_file_format=True)
+                data = buffer.getvalue()
         except Exception as exc:  # noqa: BLE001
             yield self._fail(path, "deidentify", exc)
             return
@@ -249,7 +255,11 @@ class DeidentifyFn(beam.DoFn):
         if self._output_dir is not None:
             output_uri = files.join(self._output_dir, study, series, f"{sop}.dcm")
             try:
-                files.write_bytes(output_uri, data, "application/dicom")
+                with self._storage.create(output_uri) as out:
+                    if data is None:
+                        ds.save_as(out, enforce_file_format=True)
+                    else:
+                        out.write(data)
             except Exception as exc:  # noqa: BLE001
                 yield self._fail(path, "write", exc)
                 return
