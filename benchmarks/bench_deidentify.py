@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench-out")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args(argv)
-    n_xray, n_ct = (8, 200) if args.quick else (20, 500)
+    n_xray, n_ct = (20, 200) if args.quick else (40, 500)
     corpus = ensure_corpus(args.out / f"corpus-{CORPUS_VERSION}", n_xray, n_ct)
     work = args.out / "deid"
     sets = {
