@@ -239,7 +239,14 @@ def run(config: DeidentifyConfig, beam_args: list[str] | None = None) -> Deident
     total = len(matches) if matches else None
     plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
     with element_logs_off():
-        result = _run(config, beam_args, plan, total, options)
+        result = runner.run_job(
+            lambda p, tickers: build(p, config, ticker=tickers["files"]),
+            beam_args,
+            plan,
+            progress={"files": total},
+            show_progress=config.progress,
+            options=options,
+        )
     values = runner.counters(result, NAMESPACE)
     counts = runner.counts_of(DeidentifyCounts, values, rejected_by_stage=runner.by_stage(values))
     names = [AUDIT_TABLE, REJECTS_TABLE] + ([STOW_TABLE] if config.dicomweb is not None else [])
@@ -265,14 +272,3 @@ def element_logs_off() -> Iterator[None]:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-def _run(config: DeidentifyConfig, beam_args, plan, total, options):
-    return runner.run_job(
-        lambda p, tickers: build(p, config, ticker=tickers["files"]),
-        beam_args,
-        plan,
-        progress={"files": total},
-        show_progress=config.progress,
-        options=options,
-    )
