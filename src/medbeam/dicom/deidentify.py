@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pydicom import uid as uids
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -387,6 +387,11 @@ class _Walker:
             if tag.element == 0:  # group lengths: pydicom recomputes nothing, so drop them
                 del ds[tag]
                 continue
+            if not (in_content and tag == TEXT_VALUE):
+                vr = _raw_vr(ds, tag)
+                if vr != "SQ" and self.action(int(tag), vr) in (None, "K"):
+                    self.result.note(KEPT, tag)  # kept as read: not even decoded (most of a dataset)
+                    continue
             self.element(ds, ds[tag], in_content)
         for creator_tag in private_creators:
             if creator_tag not in kept_creators and creator_tag in ds:
@@ -509,6 +514,17 @@ class _Walker:
         for needle in self.identifying:
             text = re.sub(re.escape(needle), "***", text, flags=re.IGNORECASE)
         return text
+
+
+def _raw_vr(ds: Dataset, tag: BaseTag) -> str:
+    """An element's VR without decoding its value: as read (explicit VR), else the dictionary's."""
+    vr = getattr(ds.get_item(tag), "VR", None)
+    if vr and vr != "UN":
+        return str(vr)
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return "UN"
 
 
 def shift_date(value: str, vr: str, days: int) -> str:
