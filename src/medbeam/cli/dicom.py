@@ -231,7 +231,7 @@ class Profile(str, Enum):
     example="MEDBEAM_DEID_KEY=… medbeam dicom deidentify -i raw/ --output-dir deid/ --key-env MEDBEAM_DEID_KEY "
     "--retain dates-shifted --duckdb out/deid.duckdb",
 )
-@options(auth=DicomwebOptions)
+@options(auth=DicomwebOptions, bigquery=BigQueryOptions)
 def dicom_deidentify(
     ctx: typer.Context,
     inputs: Annotated[list[str], typer.Option("--input", "-i", help=INPUTS_HELP)],
@@ -275,6 +275,7 @@ def dicom_deidentify(
     batch_instances: Annotated[int, typer.Option(min=1, help="With --dicomweb: instances per STOW-RS request.")] = 50,
     rows_per_shard: RowsPerShard = 50_000,
     progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
 ) -> None:
     """De-identify DICOM files (PS3.15 Basic Profile + options), consistently across files and runs.
 
@@ -301,6 +302,7 @@ def dicom_deidentify(
         stow_batch_instances=batch_instances,
         rows_per_shard=rows_per_shard,
         progress=progress,
+        bigquery=bigquery.target(),
     )
     counts = run(config, ctx.args)
     names = "deid_audit, rejects" + (", deid_stow" if dicomweb else "")
@@ -311,6 +313,7 @@ def dicom_deidentify(
     ]
     if output_dir:
         lines.append(f"de-identified files: {output_dir}")
+    lines += bigquery_line(config.bigquery, ["deid_audit", "rejects"])
     if mapping_out:
         lines.append(f"warning: {mapping_out} holds the original → pseudonym mapping: it is PHI, keep it private")
     report(counts, lines, failed="some de-identified instances were not stored; see the rejects table (stage store)")

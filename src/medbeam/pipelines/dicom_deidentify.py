@@ -78,6 +78,8 @@ class DeidentifyConfig:
     stow_batch_instances: int = DEFAULT_STOW_BATCH
     rows_per_shard: int = tables.DEFAULT_ROWS_PER_SHARD
     progress: bool = True
+    #: Also load deid_audit and rejects into BigQuery: a medbeam.io.bigquery.BigQueryTarget (never the mapping).
+    bigquery: Any = None
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -211,7 +213,11 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
             tables.TableSpec(MAPPING_TABLE, MAPPING_SCHEMA, ("kind", "original"), table_dir=config.mapping_out)
         )
     rows[REJECTS_TABLE] = rejects | "All rejects" >> beam.Flatten()
-    _ = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
+    manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
+    if config.bigquery is not None:
+        from medbeam.transforms.bigquery import load_into_bigquery
+
+        load_into_bigquery(manifests, config.bigquery, [AUDIT_TABLE, REJECTS_TABLE], NAMESPACE)
 
 
 def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
