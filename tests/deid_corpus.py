@@ -1,7 +1,7 @@
 """A small DICOM corpus with identifying values planted everywhere a real one hides, for the de-identification
 tests: a CT series (3 slices, one frame of reference), an RT structure set referencing it, a Basic Text SR
-whose content tree names people, an ultrasound image with a name drawn into its pixels, a corrupt file and
-a file without SOP Instance UID.
+whose content tree names people, an ultrasound image with a name drawn into its pixels, a corrupt file, a
+file without SOP Instance UID and an ultrasound whose pixels cannot be decoded.
 
 `PLANTED` lists every planted string (names, IDs, addresses, UIDs …): none may survive de-identification
 in any output byte.
@@ -279,6 +279,10 @@ def build_corpus(root: Path, *, bad: bool = True) -> dict[str, Path]:
         no_uid.SOPInstanceUID = f"{ROOT}.77"  # set, then removed: file meta keeps a planted UID too
         del no_uid.SOPInstanceUID
         paths["no_uid"] = write_raw(no_uid, root / "bad" / "no_sop_uid.dcm")
+        broken = ultrasound_with_burned_name()  # flagged for OCR, but its pixels cannot be decoded
+        broken.SOPInstanceUID = f"{ROOT}.88"
+        broken.PixelData = broken.PixelData[:5000]
+        paths["bad_pixels"] = write(broken, root / "bad" / "us_bad_pixels.dcm")
     return paths
 
 

@@ -109,7 +109,7 @@ def test_dicom_deidentify_loads_its_tables(bigquery_emulator, tmp_path, monkeypa
     from tests import deid_corpus
 
     paths = deid_corpus.build_corpus(tmp_path / "in")
-    for name in ("rt", "sr", "us", "ct1", "ct2"):  # one CT slice and the two bad files are enough
+    for name in ("rt", "sr", "us", "ct1", "ct2", "bad_pixels"):  # one CT slice and the two bad files are enough
         paths[name].unlink()
     monkeypatch.setenv("MEDBEAM_TEST_DEID_KEY", "bigquery-test-key-0123456789")
     dataset = _dataset()

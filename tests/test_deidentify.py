@@ -327,13 +327,13 @@ def _dicom_files(out: Path) -> dict[str, pydicom.Dataset]:
 
 def test_counts_reconcile_and_rejects_say_why(runs):
     root, (first, _, _), _ = runs
-    assert (first.files_in, first.deidentified, first.rejected_files) == (8, 6, 2)
+    assert (first.files_in, first.deidentified, first.rejected_files) == (9, 6, 3)
     assert first.files_in == first.deidentified + first.rejected_files
-    assert first.pixels_redacted == 1 and first.burned_in_checked == 1
+    assert first.pixels_redacted == 1 and first.burned_in_checked == 1  # the broken one is not counted
     with duckdb.connect(str(root / "a.duckdb"), read_only=True) as con:
         rejects = dict(con.execute("select regexp_extract(uri, '[^/]+$'), stage from rejects").fetchall())
         audit = con.execute("select modality, pixels_redacted, removed, uid_replaced from deid_audit").fetchall()
-    assert rejects == {"corrupt.dcm": "parse", "no_sop_uid.dcm": "identity"}
+    assert rejects == {"corrupt.dcm": "parse", "no_sop_uid.dcm": "identity", "us_bad_pixels.dcm": "pixels"}
     assert sorted(m for m, *_ in audit) == ["CT", "CT", "CT", "RTSTRUCT", "SR", "US"]
     assert [r for m, r, *_ in audit if r] == [True] and all(removed > 0 and uid > 0 for _, _, removed, uid in audit)
 
@@ -444,7 +444,7 @@ def test_stow_into_orthanc_from_the_cli(orthanc, tmp_path, ocr):
     ]  # fmt: skip
     result = CliRunner().invoke(app, args, env=env)
     assert result.exit_code == 0, result.output
-    assert "8 files in, 6 de-identified instances written" in result.output
+    assert "9 files in, 6 de-identified instances written, 3 rejected" in result.output
     assert "DICOMweb: 6 stored" in result.output and KEY not in result.output
     assert orthanc.instance_count() == 6
     keys = Keys(KEY.encode())

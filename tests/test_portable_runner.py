@@ -385,7 +385,7 @@ def test_dicom_deidentify(tmp_path, monkeypatch):
 
     default, portable = _both(dd.run, config, tmp_path / "runs")
     assert default == portable
-    assert (default.files_in, default.deidentified, default.rejected_files) == (8, 6, 2)
+    assert (default.files_in, default.deidentified, default.rejected_files) == (9, 6, 3)
     _assert_same_outputs(
         tmp_path / "runs" / "default",
         tmp_path / "runs" / "portable",
