@@ -7,7 +7,11 @@ Keywords and VRs come from pydicom's data dictionary. The option columns of the 
 source; medbeam.dicom.deidentify applies them by rule (VR for dates and UIDs, named lists for the others).
 
     pip download --no-deps dicom-anonymizer==2.1.0 -d /tmp/da && unzip -o -q /tmp/da/*.whl -d /tmp/da
-    python scripts/gen_deid_table.py /tmp/da/dicomanonymizer/dicom_anonymization_databases/dicomfields_2026c.py
+    python scripts/gen_deid_table.py /tmp/da/dicomanonymizer/dicom_anonymization_databases/dicomfields_2026c.py \
+        /tmp/da/dicom_anonymizer-2.1.0.dist-info/licenses/LICENSE
+
+The package's licence text (BSD-3-Clause asks that redistributed source keep it) goes into the generated
+module's header.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ GROUPS = {
 OUT = Path(__file__).resolve().parent.parent / "src" / "medbeam" / "dicom" / "deid_table.py"
 
 
-def main(source: str) -> None:
+def main(source: str, license_path: str) -> None:
     data = runpy.run_path(source)
+    license_lines = ["# " + line if line else "#" for line in Path(license_path).read_text().strip().splitlines()]
     exact: dict[int, str] = {}
     masked: list[tuple[int, int, int, int, str]] = []
     for group, action in GROUPS.items():
@@ -52,6 +57,9 @@ def main(source: str) -> None:
         "(BSD-3-Clause, Copyright 2020 Kitware Europe); do not edit.",
         "Actions: D dummy, Z zero-length, X remove, K keep, C clean, U replace UID; combinations as in the standard.",
         '"""',
+        "",
+        "# The source's licence (dicom-anonymizer):",
+        *license_lines,
         "",
         "#: tag → Basic Profile action",
         "BASIC_PROFILE: dict[int, str] = {",
@@ -77,4 +85,4 @@ def main(source: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
