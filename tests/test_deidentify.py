@@ -491,3 +491,12 @@ def test_bare_datasets_get_a_transfer_syntax_before_decoding():
     assert "TransferSyntaxUID" not in getattr(ds, "file_meta", {})
     assert burned_in.ensure_transfer_syntax(ds) == uids.ImplicitVRLittleEndian
     assert ds.pixel_array.shape == (ds.Rows, ds.Columns)
+
+
+def test_a_run_without_ocr_is_refused_before_any_work(tmp_path, monkeypatch):
+    corpus.build_corpus(tmp_path / "in", bad=False)
+    monkeypatch.setenv("MEDBEAM_TEST_KEY_A", KEY)
+    monkeypatch.setattr(burned_in, "tesseract_path", lambda: None)
+    with pytest.raises(ValueError, match="needs OCR: Tesseract is not installed"):
+        dd.run(_config(tmp_path, "out", "MEDBEAM_TEST_KEY_A"))
+    assert not (tmp_path / "out").exists()

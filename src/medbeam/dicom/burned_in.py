@@ -85,6 +85,19 @@ def tesseract_path() -> str | None:
     return shutil.which("tesseract")
 
 
+def ocr_problem() -> str | None:
+    """Why OCR cannot run here (no tesseract, or no English model), or None: checked once before a run."""
+    exe = tesseract_path()
+    if exe is None:
+        return "Tesseract is not installed"
+    try:
+        done = subprocess.run([exe, "--list-langs"], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"tesseract does not run ({type(exc).__name__})"
+    langs = done.stdout.decode(errors="replace").split()
+    return None if "eng" in langs else "Tesseract has no English model (package tesseract-ocr-eng)"
+
+
 def is_document(ds: Dataset) -> bool:
     return str(ds.get("SOPClassUID", "")).startswith(DOCUMENT_SOP_PREFIX) or "EncapsulatedDocument" in ds
 

@@ -102,10 +102,11 @@ class DeidentifyConfig:
     def check(self) -> None:
         """Before any work: the key can be read, OCR is there if needed, outputs can be written."""
         self.key.keys()
-        if self.redact_burned_in != burned_in.NONE and burned_in.tesseract_path() is None:
+        problem = burned_in.ocr_problem() if self.redact_burned_in != burned_in.NONE else None
+        if problem:
             raise ValueError(
-                f"--redact-burned-in {self.redact_burned_in} needs Tesseract (scripts/ensure-tesseract.sh, or "
-                "apt-get install tesseract-ocr); or pass --redact-burned-in none"
+                f"--redact-burned-in {self.redact_burned_in} needs OCR: {problem} (scripts/ensure-tesseract.sh, "
+                "or apt-get install tesseract-ocr tesseract-ocr-eng); or pass --redact-burned-in none"
             )
         for option, location in (
             ("--output-dir", self.output_dir),
