@@ -26,6 +26,7 @@ test: $(TEST_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks docs/tutorial
 	scripts/ensure-orthanc.sh
 	scripts/ensure-bigquery-emulator.sh
+	scripts/ensure-tesseract.sh
 	$(PY) -m pytest -q
 
 # The tutorial (docs/tutorial/) on generated data: --small (a few minutes), or Google's DenseNet121 recipe.

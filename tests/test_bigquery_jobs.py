@@ -105,6 +105,26 @@ def test_dicom_import_loads_its_tables(bigquery_emulator, orthanc, tmp_path):
     assert [r[0] for r in rows] == [str(tmp_path / "in" / "ct.dcm")]
 
 
+def test_dicom_deidentify_loads_its_tables(bigquery_emulator, tmp_path, monkeypatch):
+    from tests import deid_corpus
+
+    paths = deid_corpus.build_corpus(tmp_path / "in")
+    for name in ("rt", "sr", "us", "ct1", "ct2", "bad_pixels"):  # one CT slice and the two bad files are enough
+        paths[name].unlink()
+    monkeypatch.setenv("MEDBEAM_TEST_DEID_KEY", "bigquery-test-key-0123456789")
+    dataset = _dataset()
+    output = _cli("dicom", "deidentify", "-i", str(tmp_path / "in"), "--output-dir", str(tmp_path / "out"),
+                  "--key-env", "MEDBEAM_TEST_DEID_KEY", "--redact-burned-in", "none",
+                  "--parquet-dir", str(tmp_path / "tables"), *_bq_flags(bigquery_emulator, dataset))  # fmt: skip
+    project = bigquery_emulator.project
+    assert f"BigQuery: {project}.{dataset}.deid_audit, {project}.{dataset}.rejects" in output
+    client = bigquery_emulator.client()
+    here = _rejects_here(tmp_path / "tables")
+    assert len(here) == 2 and _rejects_in_bigquery(client, f"{project}.{dataset}.rejects") == here
+    rows = list(client.query(f"SELECT source_uri, removed_attributes FROM `{project}.{dataset}.deid_audit`"))
+    assert [r[0] for r in rows] == [str(paths["ct0"])] and "PatientAddress" in rows[0][1]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Labels from a BigQuery query
 

@@ -235,7 +235,7 @@ def _commands(group, path=()):
 def test_every_command_has_an_example_and_says_which_flags_go_to_beam():
     commands = dict(_commands(get_command(app)))
     assert set(commands) == {
-        ("dicom", "export"), ("dicom", "import"), ("files", "untar"), ("files", "decompress"),
+        ("dicom", "export"), ("dicom", "import"), ("dicom", "deidentify"), ("files", "untar"), ("files", "decompress"),
         ("tfrecord", "from-dicom-png"), ("tfrecord", "from-images"), ("cxr", "prepare"), ("infer",), ("embed",),
         ("predictions", "load"),
         ("demo",),

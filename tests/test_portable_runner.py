@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -353,3 +354,40 @@ def test_predictions_load(tmp_path):
     assert default == portable
     assert (default.lines_in, default.rows_written, default.rejected) == (4, 2, 2)
     _assert_same_outputs(tmp_path / "default", tmp_path / "portable", {"p_parquet/predictions/_manifest.json"})
+
+
+# ---------------------------------------------------------------------------------------------------
+# dicom deidentify
+
+
+def test_dicom_deidentify(tmp_path, monkeypatch):
+    from medbeam.dicom import burned_in
+    from medbeam.pipelines import dicom_deidentify as dd
+    from medbeam.transforms.deidentify import KeySource
+    from tests import deid_corpus
+
+    corpus = tmp_path / "in"
+    deid_corpus.build_corpus(corpus)
+    monkeypatch.setenv("MEDBEAM_TEST_DEID_KEY", "portable-runner-key-0123456789")
+    # OCR when Tesseract is there (always in CI, where `make test` installs it: missing, the run fails)
+    in_ci = os.environ.get("CI", "").lower() == "true"
+    ocr = burned_in.FLAGGED if in_ci or burned_in.tesseract_path() else burned_in.NONE
+
+    def config(out: Path) -> dd.DeidentifyConfig:
+        return dd.DeidentifyConfig(
+            inputs=[str(corpus)],
+            key=KeySource(env="MEDBEAM_TEST_DEID_KEY"),
+            output_dir=str(out / "deid"),
+            duckdb_path=str(out / "deid.duckdb"),
+            redact_burned_in=ocr,
+            progress=False,
+        )
+
+    default, portable = _both(dd.run, config, tmp_path / "runs")
+    assert default == portable
+    assert (default.files_in, default.deidentified, default.rejected_files) == (9, 6, 3)
+    _assert_same_outputs(
+        tmp_path / "runs" / "default",
+        tmp_path / "runs" / "portable",
+        {"deid.duckdb", "deid_parquet/deid_audit/_manifest.json", "deid/_medbeam/outputs/_manifest.json"},
+    )

@@ -199,3 +199,121 @@ def dicom_import(
         failed=f"{counts.server_failures} files were not sent because of the server ({settings.describe()}); "
         "see the rejects table, then rerun: instances already stored are not sent again",
     )
+
+
+class Retain(str, Enum):
+    dates_shifted = "dates-shifted"
+    dates = "dates"
+    uids = "uids"
+    device = "device"
+    institution = "institution"
+    patient_characteristics = "patient-characteristics"
+    safe_private = "safe-private"
+
+
+class Clean(str, Enum):
+    descriptors = "descriptors"
+
+
+class RedactBurnedIn(str, Enum):
+    none = "none"
+    flagged = "flagged"
+    all = "all"
+
+
+class Profile(str, Enum):
+    basic = "basic"
+
+
+@command(
+    app,
+    "deidentify",
+    example="MEDBEAM_DEID_KEY=… medbeam dicom deidentify -i raw/ --output-dir deid/ --key-env MEDBEAM_DEID_KEY "
+    "--retain dates-shifted --duckdb out/deid.duckdb",
+)
+@options(auth=DicomwebOptions, bigquery=BigQueryOptions)
+def dicom_deidentify(
+    ctx: typer.Context,
+    inputs: Annotated[list[str], typer.Option("--input", "-i", help=INPUTS_HELP)],
+    output_dir: Annotated[
+        str | None, typer.Option(help="Write {new study}/{new series}/{new instance}.dcm here (any filesystem).")
+    ] = None,
+    dicomweb: Annotated[
+        str | None,
+        typer.Option(help="Also (or instead) STOW-RS the de-identified instances into this DICOMweb store."),
+    ] = None,
+    auth: DicomwebOptions = DicomwebOptions(),
+    key_env: Annotated[
+        str | None, typer.Option(metavar="VAR", help="Environment variable holding the secret key (>= 16 bytes).")
+    ] = None,
+    key_file: Annotated[str | None, typer.Option(metavar="PATH", help="File holding the secret key.")] = None,
+    profile: Annotated[Profile, typer.Option(help="PS3.15 Annex E profile.")] = Profile.basic,
+    retain: Annotated[
+        list[Retain] | None,
+        typer.Option(help="PS3.15 option to apply; repeatable (dates and dates-shifted exclude each other)."),
+    ] = None,
+    clean: Annotated[
+        list[Clean] | None, typer.Option(help="Clean Descriptors option: scrub free text instead of removing it.")
+    ] = None,
+    redact_burned_in: Annotated[
+        RedactBurnedIn,
+        typer.Option(
+            help="OCR and fill text in pixels: of flagged instances (US, SC, OT, documents, BurnedInAnnotation "
+            "YES), of all, or none."
+        ),
+    ] = RedactBurnedIn.flagged,
+    duckdb: Annotated[str | None, typer.Option(help="Local DuckDB file for tables deid_audit and rejects.")] = None,
+    parquet_dir: Annotated[
+        str | None, typer.Option(help="Parquet shards (any filesystem). Default: next to --duckdb.")
+    ] = None,
+    mapping_out: Annotated[
+        str | None,
+        typer.Option(
+            help="Also write the original → pseudonym table (deid_mapping) here. It is PHI: keep it with the originals."
+        ),
+    ] = None,
+    batch_instances: Annotated[int, typer.Option(min=1, help="With --dicomweb: instances per STOW-RS request.")] = 50,
+    rows_per_shard: RowsPerShard = 50_000,
+    progress: Progress = True,
+    bigquery: BigQueryOptions = BigQueryOptions(),
+) -> None:
+    """De-identify DICOM files (PS3.15 Basic Profile + options), consistently across files and runs.
+
+    Replacement UIDs, pseudonymous IDs and per-patient date shifts are keyed hashes of the originals: the
+    same input and key give byte-identical outputs; another key gives unlinkable ones.
+    """
+    from medbeam.dicom.deidentify import DeidOptions
+    from medbeam.pipelines.dicom_deidentify import DeidentifyConfig, run
+    from medbeam.transforms.deidentify import KeySource
+
+    if (key_env is None) == (key_file is None):
+        fail("give the key as --key-env VAR or --key-file PATH, exactly one of the two")
+    settings = auth.settings(dicomweb) if dicomweb is not None else None
+    config = DeidentifyConfig(
+        inputs=inputs,
+        key=KeySource(env=key_env, file=key_file),
+        output_dir=output_dir,
+        dicomweb=settings,
+        options=DeidOptions(retain=frozenset(r.value for r in retain or []), clean_descriptors=bool(clean)),
+        redact_burned_in=redact_burned_in.value,
+        parquet_dir=parquet_dir,
+        duckdb_path=duckdb,
+        mapping_out=mapping_out,
+        stow_batch_instances=batch_instances,
+        rows_per_shard=rows_per_shard,
+        progress=progress,
+        bigquery=bigquery.target(),
+    )
+    counts = run(config, ctx.args)
+    names = "deid_audit, rejects" + (", deid_stow" if dicomweb else "")
+    lines = [
+        f"tables: {config.duckdb_path} ({names}); Parquet: {config.parquet_dir}"
+        if config.duckdb_path
+        else f"tables: Parquet under {config.parquet_dir} ({names})"
+    ]
+    if output_dir:
+        lines.append(f"de-identified files: {output_dir}")
+    lines += bigquery_line(config.bigquery, ["deid_audit", "rejects"])
+    if mapping_out:
+        lines.append(f"warning: {mapping_out} holds the original → pseudonym mapping: it is PHI, keep it private")
+    report(counts, lines, failed="some de-identified instances were not stored; see the rejects table (stage store)")
