@@ -39,7 +39,7 @@ Rows, for each model and batch size B (images/s over the N records, and the rati
   table, manifests and BigQuery schemas written (no DuckDB on either side). Its table is checked against the
   loop's rows (every id present, outputs equal within 1e-4) and its batch count against ⌈N / B⌉.
 * **fixed cost (1 record)**: both variants on a one-record input: what each run costs whatever its size
-  (medbeam: building and running the pipeline, ≈ 1 s). "steady" = (N − 1) / (T(N) − T(1 record)): the
+  (medbeam: building and running the pipeline, ≈ 0.3-0.6 s). "steady" = (N − 1) / (T(N) − T(1 record)): the
   per-image rate a long run tends to, without that fixed cost.
 
 Both timings include the model load and everything else (listing, decoding, batching, writing); imports
