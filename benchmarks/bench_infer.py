@@ -49,7 +49,10 @@ starts) with OMP/MKL/OpenBLAS/TF intra- and inter-op threads at 1 and `torch.set
 for both variants; onnxruntime sessions get intra- and inter-op 1 thread too (`single_thread_onnxruntime`:
 its default pool pins a thread to every core, past the affinity mask). Per batch size,
 an untimed warm-up predicts one batch of B (first-call costs of torch / TensorFlow / onnxruntime), then the
-variants alternate (loop, medbeam, medbeam, loop, …) `--repeat` times and the best of each counts.
+variants alternate (loop, medbeam, medbeam, loop, …) `--repeat` times and the best of each counts, each run
+after an untimed `gc.collect()` (the models loaded by earlier runs are reference cycles, and whichever run
+set off the full collection that freed them paid for it: medbeam more often, building a pipeline allocating
+the most; seen: the Keras CNN's B=32 row at 0.59× after the B=1 and B=8 runs, 0.80× alone).
 
 Each run is timed twice: wall (elapsed) and CPU (`time.process_time()`, all the process's threads). On a
 shared machine other processes take turns on the pinned core and inflate wall time by whatever they ran
@@ -63,6 +66,7 @@ Targets (from the issue): medbeam ≥ 0.85 × the plain loop on one worker; the 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -398,6 +402,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         for r in range(repeat):
             for name in ("loop", "medbeam") if r % 2 == 0 else ("medbeam", "loop"):
                 out = Path(tempfile.mkdtemp(prefix=f"bench-infer-{name}-"))
+                gc.collect()  # the earlier runs' garbage (a Keras model is a reference cycle) not left to this run
                 seconds, cpu, detail = variants[name](shards, model, mode, batch, out)
                 shutil.rmtree(out)
                 times[name].append(seconds)
