@@ -32,6 +32,7 @@ from medbeam.transforms.inference import (
     REJECTS,
     ArrayModelHandler,
     FailedBatchesFn,
+    ListShardsFn,
     PrepareFn,
     ReadRecordsFn,
     ToRowFn,
@@ -140,14 +141,18 @@ def table_schema(config: InferConfig, plugin: Any) -> pa.Schema:
 
 def build(p: beam.Pipeline, config: InferConfig, plugin: Any, shards: list[str]) -> None:
     """Wire infer/embed into `p` over the listed `shards`."""
+    # Two spreads, each one GroupByKey on a unique key (a Reshuffle is five steps, and pickles a timestamp
+    # wrapper around every element): the shards over the workers that read them, then their records.
     records = (
         p
-        | "Shards" >> beam.Create(shards)
+        | "Shards" >> beam.Impulse()
+        | "List shards" >> beam.ParDo(ListShardsFn(shards))
+        | "Spread shards" >> beam.GroupByKey()
         | "Read records" >> beam.ParDo(ReadRecordsFn()).with_outputs(REJECTS, main="records")
     )
     prepared = (
         records.records
-        | "Spread records" >> beam.Reshuffle()
+        | "Spread records" >> beam.GroupByKey()
         | "Plugin input" >> beam.ParDo(PrepareFn(plugin)).with_outputs(REJECTS, main="inputs")
     )
     handler = KeyedModelHandler(ArrayModelHandler(config.spec, config.batch_size, config.large_model))
