@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.pvalue import AsDict, PCollection
@@ -259,6 +258,8 @@ def default_parquet_dir(duckdb_path: str) -> str:
 
 def load_into_duckdb(duckdb_path: str, table_dir: str, names: list[str]) -> dict[str, int]:
     """(Re)create each table in the (local) DuckDB file from its Parquet shards; return row counts."""
+    import duckdb  # only runs that load DuckDB pay for importing it (~0.1 s)
+
     Path(duckdb_path).absolute().parent.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
     with duckdb.connect(duckdb_path) as con:
