@@ -39,6 +39,7 @@ from medbeam.transforms.dicom import (
     FileOpener,
     MergeSchemaFn,
     ParseDicomFn,
+    PublishInstanceFn,
     Renderer,
     RenderInstanceFn,
 )
@@ -171,6 +172,10 @@ def build(
             | "QIDO-RS" >> beam.ParDo(EnumerateStoreFn(config.dicomweb, config.studies))
         )
         opener, inline_renderer = DicomwebOpener(config.dicomweb), renderer
+    # With a PNG folder each file is read once: its PNGs are rendered in the parse pass into a staging
+    # folder, and only small records (which copy, did it render) are grouped to choose between copies.
+    # TFRecords alone have no folder to stage in: the chosen copy is read again and rendered then.
+    stager = renderer if renderer is not None and inline_renderer is None and config.png_dir is not None else None
     if not runner.runs_in_one_local_worker(p.options):
         instances = instances | "Spread instances" >> beam.Reshuffle()
     parsed = (
@@ -182,6 +187,7 @@ def build(
                 opener,
                 inline_renderer,
                 candidate_ticker,
+                stager,
             )
         ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
@@ -190,7 +196,17 @@ def build(
     schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(merge).without_defaults()
 
     rejects = [parsed[REJECTS]]
-    if renderer is not None and inline_renderer is None:
+    if stager is not None:
+        rendered = (
+            parsed[IMAGES]
+            | "By instance" >> beam.GroupByKey()
+            | "Publish PNGs" >> beam.ParDo(
+                PublishInstanceFn(stager, render_ticker or ProgressTicker(None))
+            ).with_outputs(REJECTS, EXAMPLES, WRITTEN)
+        )
+        rejects.append(rendered[REJECTS])
+        examples, written = rendered[EXAMPLES], rendered[WRITTEN]
+    elif renderer is not None and inline_renderer is None:
         rendered = (
             parsed[IMAGES]
             | "By output path" >> beam.GroupByKey()  # also the fan-out of the render work
@@ -276,7 +292,8 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     if runner.is_local_runner(options):  # the listing is for the local choice and the progress total only
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.input_pattern(i))}
     total = len(matches) if config.inputs and matches else None
-    two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
+    # TFRecords without a PNG folder: a header pass, then the chosen copies are rendered (see build)
+    two_passes = config.png_dir is None and config.tfrecord_prefix is not None and config.dicomweb is None
     stages: dict[str, int | str | None] = {"instances": total}
     if two_passes:  # the render bar's total: the render candidates found so far by the header pass
         stages = {"headers": total, "rendered": "render candidates"}
