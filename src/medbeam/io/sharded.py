@@ -37,6 +37,10 @@ def stable_shard(key: str, num_shards: int) -> int:
 class ShardFormat:
     """What a format supplies to ShardedWrite; picklable. `side` holds the extra side inputs, by name."""
 
+    def pack(self, group: str, item: Any) -> Any:
+        """The item as it travels from the Tag step to `write` (a compact form of it, if the format has one)."""
+        return item
+
     def measure(self, item: Any) -> int:
         """This item's contribution to its group's size (1 for a row, its length for a record)."""
         raise NotImplementedError
@@ -120,7 +124,8 @@ class ShardedWrite(beam.PTransform):
     def expand(self, items_by_group: dict[str, PCollection]) -> PCollection:
         groups = list(items_by_group)
         p = next(iter(items_by_group.values())).pipeline
-        tagged = [items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, item)) for g in groups]
+        fmt = self._fmt
+        tagged = [items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, fmt.pack(g, item))) for g in groups]
         items = tagged[0] if len(tagged) == 1 else tagged | "All items" >> beam.Flatten()
         sizes = AsDict(items | "Measure" >> beam.CombinePerKey(_Measure(self._fmt)))
         written = (
