@@ -21,6 +21,12 @@ What it does (see /work/shared/PERF-NOTES.md for the per-stage costs this is che
    Beam's overhead from the image work.
 3. Multi-worker check (child process, all CPUs): the CT set with ``--direct_running_mode=multi_processing
    --direct_num_workers=2`` against ``--direct_num_workers=1`` in memory.
+4. Whole processes (``/usr/bin/time``-style: wall, CPU of the process and its children, peak RSS; interpreter
+   start included; the commands alternated round by round): one CT series (200 slices) → 299 PNG by
+   ``python -m medbeam.cli dicom export``, by a naive-loop process (``benchmarks/baselines.py``) and by
+   dcmtk's ``dcmj2pnm`` once per file (when installed); the fixed cost (a one-file export against
+   ``python -c "import apache_beam"``); and memory (peak RSS of the export at the per-core CT row's and at
+   the multi-worker check's slice counts, one in-memory worker).
 
 Corpus generation is excluded from every timing; each mode is warmed up once on a few other files; the PNGs
 written are counted to check every image was rendered.
@@ -72,6 +78,10 @@ class Sizes:
 # (at 8,000 slices, 4 GB, the page cache no longer holds the set and the check got slower, not faster).
 FULL = Sizes(xray=20, xray_299=60, ct_row=500, ct_multi=4000)
 QUICK = Sizes(xray=6, xray_299=20, ct_row=200, ct_multi=1000)
+SERIES = 200  # CT slices of the whole-process row: one series
+PROCESS_TARGETS = {"naive": 1.0, "dcmtk": 2.0}  # medbeam faster than the naive loop, ≥ 2× the dcmtk loop
+FIXED_TARGET_S = 1.0  # a one-file export within this many seconds of `python -c "import apache_beam"`
+MEMORY_TARGET = 1.2  # peak RSS at ct_multi slices within this factor of that at ct_row
 WARM_XRAY, WARM_CT = 1, 8  # per kind, taken from the end of the corpus, never timed
 
 
@@ -447,6 +457,118 @@ def run_phase(
 
 
 # --------------------------------------------------------------------------------------------------
+# whole processes (phase 4): wall, CPU (process + children) and peak RSS, like /usr/bin/time
+# --------------------------------------------------------------------------------------------------
+
+_NAIVE_LOOP = (
+    "import sys; from pathlib import Path; from benchmarks.baselines import naive_render; "
+    "src, out = Path(sys.argv[1]), Path(sys.argv[2]); out.mkdir(parents=True, exist_ok=True); "
+    "[naive_render(f, out / (f.stem + '.png'), (299, 299)) for f in sorted(src.glob('*.dcm'))]"
+)
+_DCMTK_LOOP = 'mkdir -p "$2"; for f in "$1"/*.dcm; do dcmj2pnm +on +Wi 1 +Sxv 299 "$f" "$2/$(basename "$f" .dcm).png" || exit 1; done'
+
+
+def time_process(cmd: list[str], out_dir: Path | None = None, cwd: Path | None = None) -> dict:
+    """Run one command to completion: wall seconds, CPU seconds (user + system, children included) and peak
+    RSS (KiB) from wait4, as /usr/bin/time reports them; PNGs counted under out_dir."""
+    if out_dir is not None:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} … exited {proc.returncode}: {err[-2000:]}")
+    res = {"seconds": wall, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kb": usage.ru_maxrss}
+    if out_dir is not None:
+        res["pngs"] = count_pngs(out_dir) if out_dir.exists() else 0
+    return res
+
+
+def _medbeam_cmd(in_dir: Path, out: Path, workers: int = 1) -> list[str]:
+    return [
+        sys.executable, "-m", "medbeam.cli", "dicom", "export", "-i", str(in_dir), "--png-dir", str(out / "png"),
+        "--parquet-dir", str(out / "parquet"), "--resize", "299", "299", "--no-progress", *beam_args(workers),
+    ]
+
+
+def phase_process(work: Path, sets: dict[str, Path], repeat: int, memory: bool = True) -> dict:
+    """Whole-process rows, rounds alternating the commands so that a slow spell hits each alike."""
+    root = Path(__file__).resolve().parent.parent
+    series = sets["ct_series"]
+    commands = {
+        "medbeam": (_medbeam_cmd(series, work / "p_medbeam"), work / "p_medbeam" / "png"),
+        "naive": ([sys.executable, "-c", _NAIVE_LOOP, str(series), str(work / "p_naive")], work / "p_naive"),
+        "beam_import": ([sys.executable, "-c", "import apache_beam"], None),
+        "one_file": (_medbeam_cmd(sets["one_ct"], work / "p_one"), work / "p_one" / "png"),
+    }
+    if shutil.which("dcmj2pnm"):
+        commands["dcmtk"] = (["bash", "-c", _DCMTK_LOOP, "dcmtk", str(series), str(work / "p_dcmtk")], work / "p_dcmtk")
+    res: dict = {"n": len(list(series.glob("*.dcm"))), "load": [], "rows": {}}
+    time_process(commands["beam_import"][0])  # warm the page cache for the interpreter and Beam
+    for round_ in range(max(1, repeat)):
+        res["load"].append(os.getloadavg()[0])
+        for name, (cmd, out) in commands.items():
+            print(f"  whole process, round {round_ + 1}: {name} …", flush=True)
+            _keep_fastest(res["rows"], name, lambda cmd=cmd, out=out: best_of(1, partial(time_process, cmd, out, root)))
+    if memory:
+        for key in ("ct_row", "ct_multi"):
+            print(f"  peak RSS: export of {key} …", flush=True)
+            _keep_fastest(res["rows"], f"rss_{key}", lambda key=key: best_of(
+                1, partial(time_process, _medbeam_cmd(sets[key], work / "p_rss"), work / "p_rss" / "png", root)
+            ))
+            res["rows"][f"rss_{key}"]["n"] = len(list(sets[key].glob("*.dcm")))
+    return res
+
+
+def print_process_report(proc: dict, problems: list[str]) -> None:
+    rows = proc["rows"]
+    n = proc["n"]
+    loads = ", ".join(f"{x:.2f}" for x in proc["load"])
+    print()
+    print(f"whole processes (wall / CPU incl. children / peak RSS; interpreter start included; 1-min load at each round: {loads})")
+    print(f"  {n} CT slices (one series) → 299 PNG:")
+    mb = rows.get("medbeam", {})
+    for name, label in (
+        ("medbeam", "medbeam dicom export (1 worker, in memory)"),
+        ("naive", "naive loop (pydicom + Pillow), one process"),
+        ("dcmtk", "dcmtk dcmj2pnm, one process per file"),
+    ):
+        r = rows.get(name)
+        if not r or "seconds" not in r:
+            if r and "error" in r:
+                problems.append(f"whole process {name} failed:\n{r['error']}")
+            continue
+        line = f"    {label:<46} {r['seconds']:7.2f} s  CPU {r['cpu']:7.2f} s  RSS {r['maxrss_kb'] / 1024:6.0f} MiB"
+        if name != "medbeam" and "seconds" in mb:
+            ratio, cpu_ratio = r["seconds"] / mb["seconds"], r["cpu"] / mb["cpu"]
+            target = PROCESS_TARGETS[name]
+            verdict = "PASS" if ratio > target or (target > 1 and ratio >= target) else "FAIL"
+            line += f"  │ medbeam {ratio:.2f}× faster (CPU {cpu_ratio:.2f}×; target {'>' if target == 1 else '≥'}{target:g}×) {verdict}"
+        print(line)
+        _check_pngs(r, n, f"whole process {name}", problems)
+    one, beam = rows.get("one_file"), rows.get("beam_import")
+    if one and beam and "seconds" in one and "seconds" in beam:
+        over, cpu_over = one["seconds"] - beam["seconds"], one["cpu"] - beam["cpu"]
+        print(
+            f"  fixed cost: one-file export {one['seconds']:.2f} s (CPU {one['cpu']:.2f} s), "
+            f"python -c 'import apache_beam' {beam['seconds']:.2f} s (CPU {beam['cpu']:.2f} s): "
+            f"{over:+.2f} s over it (CPU {cpu_over:+.2f} s; target ≤ {FIXED_TARGET_S:g} s) "
+            f"{'PASS' if over <= FIXED_TARGET_S else 'FAIL'}"
+        )
+    small, large = rows.get("rss_ct_row"), rows.get("rss_ct_multi")
+    if small and large and "maxrss_kb" in small and "maxrss_kb" in large:
+        factor = large["maxrss_kb"] / small["maxrss_kb"]
+        print(
+            f"  memory: peak RSS {small['maxrss_kb'] / 1024:.0f} MiB at {small['n']} slices, "
+            f"{large['maxrss_kb'] / 1024:.0f} MiB at {large['n']} ({factor:.2f}×; target ≤ {MEMORY_TARGET:g}×) "
+            f"{'PASS' if factor <= MEMORY_TARGET else 'FAIL'}; wall {small['seconds']:.1f} / {large['seconds']:.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
 # report
 # --------------------------------------------------------------------------------------------------
 
@@ -496,7 +618,9 @@ def _fmt(x: float | None, spec: str, suffix: str = "") -> str:
     return "—" if x is None else f"{x:{spec}}{suffix}"
 
 
-def print_report(percore: dict, multi: dict | None, sizes: Sizes, args, why_no_medbeam: str | None, load) -> None:
+def print_report(
+    percore: dict, multi: dict | None, sizes: Sizes, args, why_no_medbeam: str | None, load, process: dict | None = None
+) -> None:
     problems: list[str] = []
     print()
     print(
@@ -530,6 +654,8 @@ def print_report(percore: dict, multi: dict | None, sizes: Sizes, args, why_no_m
     print(hdr2)
     print("─" * len(hdr))
     for key, label, _src, _resize, target in ROWS:
+        if key not in percore["rows"]:
+            continue  # not selected (--rows)
         row = percore["rows"][key]
         nv, mb, pu = row.get("naive"), row.get("medbeam"), row.get("pure")
         n = nv["n"]
@@ -606,6 +732,8 @@ def print_report(percore: dict, multi: dict | None, sizes: Sizes, args, why_no_m
                 if d1 > 0 and d2 > 0:
                     line += f"; marginal speed-up (fixed costs removed) {d1 / d2:.2f}×"
             print(line)
+    if process:
+        print_process_report(process, problems)
     counts = {k: r["medbeam"]["counts"] for k, r in percore["rows"].items() if r.get("medbeam", {}).get("counts")}
     if counts:
         bad = {
@@ -627,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out"), help="work dir (corpus cached here)")
     ap.add_argument("--no-medbeam", action="store_true", help="corpus + naive baseline only")
     ap.add_argument("--no-multi", action="store_true", help="skip the multi-worker check")
+    ap.add_argument("--no-process", action="store_true", help="skip the whole-process rows (series, fixed cost, memory)")
+    ap.add_argument("--rows", help="comma-separated per-core rows to run (default all: " + ",".join(r[0] for r in ROWS) + ")")
     ap.add_argument("--ct-multi", type=int, help="CT slices for the multi-worker check (default 4000, --quick 1000)")
     ap.add_argument("--repeat", type=int, help="timed runs per measurement, fastest kept (default 2, --quick 1)")
     ap.add_argument("--no-pin", action="store_true", help="don't pin the per-core phase to one CPU")
@@ -651,6 +781,8 @@ def main(argv: list[str] | None = None) -> int:
             res = phase_naive(work, sets, args.repeat, rows)
         elif args._phase == "medbeam":
             res = phase_medbeam(work, sets, args.repeat, rows, stages=args._stages)
+        elif args._phase == "process":
+            res = phase_process(work, sets, args.repeat)
         else:
             res = phase_multi(work, sets, args.repeat)
         Path(args._result).write_text(json.dumps(res))
@@ -663,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.out / f"corpus-{CORPUS_VERSION}"
     print(f"corpus: {root}")
     n_xray = max(FULL.xray, FULL.xray_299, sizes.xray, sizes.xray_299) + WARM_XRAY
-    n_ct = max(sizes.ct_row, sizes.ct_multi) + WARM_CT
+    n_ct = max(sizes.ct_row, sizes.ct_multi, SERIES) + WARM_CT
     files = ensure_corpus(root, n_xray, n_ct)
     verify_corpus(files)
     sets_root = args.out / "sets"
@@ -682,6 +814,7 @@ def main(argv: list[str] | None = None) -> int:
         "one_jpll": make_set(sets_root, "one_jpll", files["jpll"][:1]),
         "one_ct_row": make_set(sets_root, "one_ct_row", files["ct"][:1]),
         "one_ct": make_set(sets_root, "one_ct", files["ct"][:1]),
+        "ct_series": make_set(sets_root, "ct_series", files["ct"][:SERIES]),
         "warm_mixed": make_set(
             sets_root, "warm_mixed", files["raw"][-WARM_XRAY:] + files["jpll"][-WARM_XRAY:] + files["ct"][-2:]
         ),
@@ -696,12 +829,13 @@ def main(argv: list[str] | None = None) -> int:
     # Row by row, rounds alternate naive and medbeam (each round a fresh pair of processes), so that a
     # slow spell of this shared machine hits both sides of a ratio alike; the fastest run of each is kept.
     percore: dict = {"cpus": sorted(one_cpu or allowed), "rows": {}}
-    for key, *_ in ROWS:
+    selected = [r[0] for r in _selected(args.rows.split(",") if args.rows else None)]
+    for key in selected:
         for round_ in range(args.repeat):
             naive = run_phase("naive", args, sets, one_cpu, rows=[key], repeat=1)
             _merge_rows(percore["rows"], {k: {"naive": v} for k, v in naive["rows"].items()})
             if not args.no_medbeam:
-                last = key == ROWS[-1][0] and round_ == args.repeat - 1
+                last = key == selected[-1] and round_ == args.repeat - 1
                 mb = run_phase("medbeam", args, sets, one_cpu, rows=[key], repeat=1, stages=last)
                 _merge_rows(percore["rows"], mb["rows"])
                 if last:
@@ -709,8 +843,11 @@ def main(argv: list[str] | None = None) -> int:
     multi = None
     if not args.no_medbeam and not args.no_multi:
         multi = run_phase("multi", args, sets, set(allowed))
+    process = None
+    if not args.no_medbeam and not args.no_process:
+        process = run_phase("process", args, sets, set(allowed))
     load = (load_before, os.getloadavg()[0])
-    print_report(percore, multi, sizes, args, why, load)
+    print_report(percore, multi, sizes, args, why, load, process)
     results = args.out / "results.json"
     results.write_text(
         json.dumps(
@@ -722,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
                 "load": load,
                 "per_core": percore,
                 "multi": multi,
+                "process": process,
             },
             indent=1,
         )

@@ -67,6 +67,15 @@ def test_copy_that_cannot_render_falls_back_to_the_next_copy(tmp_path):
     assert "rtdose.dcm, which renders its PNG" in rejects[("rtdose_1frame.dcm", "duplicate")]
 
 
+def test_each_file_is_rendered_once_and_the_staging_folder_is_left_empty(tmp_path):
+    # Every copy renders in the parse pass (one read per file); only the chosen copy's PNGs are moved into
+    # place, the others' staged PNGs are removed, and so is the staging folder itself.
+    corpus = _copy(["badVR.dcm", "rtdose.dcm", "rtdose_1frame.dcm", "CT_small.dcm"], tmp_path / "in")
+    _export([corpus], tmp_path)
+    assert not (tmp_path / "png" / "_medbeam" / "staging").exists()
+    assert len(_pngs(tmp_path / "png")) == 15 + 1
+
+
 def test_instance_is_a_pixel_reject_only_when_no_copy_renders(tmp_path):
     corpus = _copy(["badVR.dcm"], tmp_path / "in")
     shutil.copy(TEST_FILES / "badVR.dcm", corpus / "badVR-copy.dcm")

@@ -69,3 +69,30 @@ def test_empty_tables_get_an_empty_shard_and_stale_shards_go(tmp_path):
         assert sorted((tmp_path / name).glob("*.parquet")) == [Path(manifest["files"][0])]
         table = tables.read_table(str(tmp_path), name)
         assert table.num_rows == 0 and table.schema == schema
+
+
+def test_packed_rows_give_the_same_parquet_bytes_as_the_rows(tmp_path):
+    """Rows travel packed and are unpacked into Arrow a batch at a time: the file must not change."""
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("n", pa.int64()),
+            ("names", pa.list_(pa.string())),
+            ("person", pa.struct([("Alphabetic", pa.string()), ("Ideographic", pa.string())])),
+        ]
+    )
+    rows = [
+        {
+            "path": f"/data/{i:06d}.dcm",
+            "n": None if i % 7 == 0 else i * 3,
+            "names": [f"x{j}" for j in range(i % 5)] or None,
+            "person": {"Alphabetic": f"Doe^{i % 13}", "Ideographic": None} if i % 3 else None,
+        }
+        for i in range(2 * tables._UNPACK_BATCH + 517)  # noqa: SLF001 - several batches and a partial one
+    ]
+    spec = tables.TableSpec("t", schema, ("path",))
+    fmt = tables._ParquetTables({"t": str(tmp_path)}, [spec], {"t": schema}, 10)  # noqa: SLF001 - the format itself
+    packed = sorted((fmt.pack("t", row) for row in rows), key=lambda item: fmt.sort_key("t", item))
+    unpacked = tables._packed_parquet_bytes  # noqa: SLF001 - what a shard's write does
+    assert unpacked(packed, schema) == tables.parquet_bytes(rows, schema)
+    assert unpacked([], schema) == tables.parquet_bytes([], schema)

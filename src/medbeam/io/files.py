@@ -251,6 +251,38 @@ class Storage:
             return open(path, "wb")
         return FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
+    def move(self, source: str, target: str) -> None:
+        """Rename a finished file into place (replacing any earlier one; local parents are created).
+
+        Local: one rename. gs:// and s3://: a copy and a delete (what object stores offer). A retry that
+        finds the source gone and the target there takes the move as done.
+        """
+        if not has_scheme(source) and not has_scheme(target):
+            os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                if not os.path.exists(source) and os.path.exists(target):
+                    return
+                raise
+            return
+        if not FileSystems.exists(source) and FileSystems.exists(target):
+            return
+        if source.startswith("s3://") and target.startswith("s3://"):
+            self._s3io().rename(source, target)
+            return
+        FileSystems.rename([source], [target])
+
+    def delete_if_exists(self, path: str) -> None:
+        if not has_scheme(path):
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            return
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+
 
 def s3_options_of(options) -> dict:
     """The S3Options set in `options` (a PipelineOptions), as a picklable dict for `Storage`."""

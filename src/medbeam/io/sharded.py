@@ -37,6 +37,10 @@ def stable_shard(key: str, num_shards: int) -> int:
 class ShardFormat:
     """What a format supplies to ShardedWrite; picklable. `side` holds the extra side inputs, by name."""
 
+    def pack(self, group: str, item: Any) -> Any:
+        """The item as it travels from the Tag step to `write` (a compact form of it, if the format has one)."""
+        return item
+
     def measure(self, item: Any) -> int:
         """This item's contribution to its group's size (1 for a row, its length for a record)."""
         raise NotImplementedError
@@ -123,14 +127,19 @@ class ShardedWrite(beam.PTransform):
         self._groups = list(groups) if groups is not None else None
 
     def expand(self, items_by_group: dict[str, PCollection] | PCollection) -> PCollection:
+        fmt = self._fmt
         if isinstance(items_by_group, PCollection):
             if not self._groups:
                 raise ValueError("ShardedWrite over (group, item) pairs needs groups=[...]")
             groups, p, items = self._groups, items_by_group.pipeline, items_by_group
+            if type(fmt).pack is not ShardFormat.pack:
+                items = items | "Pack" >> beam.MapTuple(lambda g, item: (g, fmt.pack(g, item)))
         else:
             groups = list(items_by_group)
             p = next(iter(items_by_group.values())).pipeline
-            tagged = [items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, item)) for g in groups]
+            tagged = [
+                items_by_group[g] | f"Tag {g}" >> beam.Map(lambda item, g=g: (g, fmt.pack(g, item))) for g in groups
+            ]
             items = tagged[0] if len(tagged) == 1 else tagged | "All items" >> beam.Flatten()
         sizes = AsDict(items | "Measure" >> beam.CombinePerKey(_Measure(self._fmt)))
         written = (

@@ -1,10 +1,17 @@
 """DICOM files → metadata table (Parquet, DuckDB, BigQuery schema) + rendered PNGs + rejects.
 
-    match files → reshuffle → parse headers ─┬─ rows ──────────────┐
-                                             ├─ column types → schema ─→ WriteTables(dicom_metadata,
-                                             ├─ render candidates → group by output path ─┐
-                                             │    render from the first copy that renders ┴─→ PNGs ─→ ReplaceOutputs
+    match files → reshuffle → parse + render ─┬─ rows ──────────────┐
+      (one read per file; PNGs into         ├─ column types → schema ─→ WriteTables(dicom_metadata,
+       {png_dir}/_medbeam/staging)          ├─ (instance, copy, rendered?) → group by instance ─┐
+                                             │    move the first rendered copy into place ┴─→ PNGs ─→ ReplaceOutputs
                                              └─ rejects (+ duplicates, pixel/write errors) ─→         rejects)
+
+Only small records cross the grouping (which copy, whether it rendered, why not): pixels and PNG bytes never
+do, so a shuffle stays cheap on any runner and the DirectRunner's in-memory stages never hold images. Each
+staged file is named by its source file, so no two workers write one file; the move of the chosen copy is
+the only write of an output path. Where staging does not pay (TFRecords without a PNG folder, a PNG folder
+on gs:// or s3://, see stages_pngs) the header pass groups candidates and the chosen copy is read again and
+rendered.
 
 Output locations are checked (a probe file) before any work starts. The PNG tree is manifested in
 `{png_dir}/_medbeam/outputs/`; a rerun removes the PNGs the previous run wrote and this one did not
@@ -39,6 +46,7 @@ from medbeam.transforms.dicom import (
     FileOpener,
     MergeSchemaFn,
     ParseDicomFn,
+    PublishInstanceFn,
     Renderer,
     RenderInstanceFn,
 )
@@ -171,6 +179,7 @@ def build(
             | "QIDO-RS" >> beam.ParDo(EnumerateStoreFn(config.dicomweb, config.studies))
         )
         opener, inline_renderer = DicomwebOpener(config.dicomweb), renderer
+    stager = renderer if inline_renderer is None and stages_pngs(config) else None
     if not runner.runs_in_one_local_worker(p.options):
         instances = instances | "Spread instances" >> beam.Reshuffle()
     parsed = (
@@ -182,6 +191,7 @@ def build(
                 opener,
                 inline_renderer,
                 candidate_ticker,
+                stager,
             )
         ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
@@ -190,7 +200,17 @@ def build(
     schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(merge).without_defaults()
 
     rejects = [parsed[REJECTS]]
-    if renderer is not None and inline_renderer is None:
+    if stager is not None:
+        rendered = (
+            parsed[IMAGES]
+            | "By instance" >> beam.GroupByKey()
+            | "Publish PNGs" >> beam.ParDo(
+                PublishInstanceFn(stager, render_ticker or ProgressTicker(None))
+            ).with_outputs(REJECTS, EXAMPLES, WRITTEN)
+        )
+        rejects.append(rendered[REJECTS])
+        examples, written = rendered[EXAMPLES], rendered[WRITTEN]
+    elif renderer is not None and inline_renderer is None:
         rendered = (
             parsed[IMAGES]
             | "By output path" >> beam.GroupByKey()  # also the fan-out of the render work
@@ -219,6 +239,17 @@ def build(
         from medbeam.transforms.bigquery import load_into_bigquery
 
         load_into_bigquery(manifests, config.bigquery, [METADATA_TABLE, REJECTS_TABLE], NAMESPACE)
+
+
+def stages_pngs(config: ExportConfig) -> bool:
+    """Whether the parse pass renders every file once into a staging folder (else: header pass, then the
+    chosen copy is read again and rendered).
+
+    Staging needs a PNG folder, and pays off where a rename is one cheap call: a local folder. On gs:// and
+    s3:// a "rename" is a copy and a delete, two more write operations per PNG against the bucket's write
+    rate, while reading a file twice costs one more (cheaper, unthrottled) read: there the two passes stay.
+    """
+    return config.dicomweb is None and config.png_dir is not None and not files.has_scheme(config.png_dir)
 
 
 def _write_examples(p: beam.Pipeline, config: ExportConfig, examples: beam.PCollection) -> None:
@@ -276,7 +307,9 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
     if runner.is_local_runner(options):  # the listing is for the local choice and the progress total only
         matches = {m for i in config.inputs for m in files.list_files_with_sizes(files.input_pattern(i))}
     total = len(matches) if config.inputs and matches else None
-    two_passes = (config.png_dir or config.tfrecord_prefix) is not None and config.dicomweb is None
+    # A header pass, then the chosen copies are rendered (see stages_pngs)
+    wants_images = (config.png_dir or config.tfrecord_prefix) is not None
+    two_passes = wants_images and config.dicomweb is None and not stages_pngs(config)
     stages: dict[str, int | str | None] = {"instances": total}
     if two_passes:  # the render bar's total: the render candidates found so far by the header pass
         stages = {"headers": total, "rendered": "render candidates"}

@@ -1,7 +1,9 @@
-"""Thin Beam wrappers around medbeam.dicom: parse headers, render each instance from the first copy that can."""
+"""Thin Beam wrappers around medbeam.dicom: parse each file once (row, and its PNGs rendered into a staging
+folder), then publish each instance's PNGs from the first copy that rendered."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Iterable, Iterator
 from functools import reduce
@@ -90,6 +92,60 @@ class Renderer:
         outputs += [TaggedOutput(EXAMPLES, record) for record in records]
         return outputs, True
 
+    # -- one read per file: render in the parse pass into a staging folder, publish the chosen copy later --
+
+    def staging_path(self, uri: str, frame: int) -> str:
+        """Where the parse pass leaves frame `frame` (1-based) of the copy at `uri` until its instance's copies
+        are arbitrated: one name per source file, so no two workers ever write one file."""
+        token = hashlib.sha1(uri.encode("utf-8")).hexdigest()[:24]
+        return files.join(self._staging_dir(), f"{token}-{frame:04d}.png")
+
+    def _staging_dir(self) -> str:
+        from medbeam.transforms.outputs import own_dir
+
+        return files.join(own_dir(self.png_dir), "staging")
+
+    def stage(self, ds: Any, uri: str) -> tuple[int, tuple[str, str, str, str] | None]:
+        """Render one copy and write its PNGs to the staging folder: (frames, None), or (0, failure) where
+        failure is (stage: pixels or write, error type, str(error), repr(error))."""
+        try:
+            pngs = self.encode(ds)
+        except Exception as exc:  # noqa: BLE001 - this copy cannot render; another copy may
+            return 0, ("pixels", type(exc).__name__, str(exc), repr(exc))
+        try:
+            for frame, data in enumerate(pngs, start=1):
+                with self._storage.create(self.staging_path(uri, frame)) as f:
+                    f.write(data)
+        except Exception as exc:  # noqa: BLE001 - the output location failed, not the pixels
+            return 0, ("write", type(exc).__name__, str(exc), repr(exc))
+        return len(pngs), None
+
+    def publish(self, key: tuple[str, str, str], uri: str, frames: int) -> tuple[list[Any], bool]:
+        """Move a staged copy's PNGs into place (and read them back for Example records): as write_outputs."""
+        try:
+            targets = png_paths(self.png_dir, key, frames)
+            for frame, target in enumerate(targets, start=1):
+                self._storage.move(self.staging_path(uri, frame), target)
+            files.remove_empty_parents(self.staging_path(uri, 1), files.parent_dir(self._staging_dir()))
+            records = []
+            if self.examples:
+                records = self._examples(key, [files.read_bytes(target) for target in targets])
+        except Exception as exc:  # noqa: BLE001 - the output location failed, not the pixels
+            Metrics.counter(NAMESPACE, "write_errors").inc()
+            return [TaggedOutput(REJECTS, reject(uri, "write", exc))], False
+        Metrics.counter(NAMESPACE, "rendered_instances").inc()
+        Metrics.counter(NAMESPACE, "pngs").inc(frames)
+        outputs: list[Any] = [TaggedOutput(WRITTEN, path) for path in targets]
+        outputs += [TaggedOutput(EXAMPLES, record) for record in records]
+        return outputs, True
+
+    def discard(self, uri: str, frames: int) -> None:
+        """Remove the staged PNGs of a copy that is not published."""
+        for frame in range(1, frames + 1):
+            self._storage.delete_if_exists(self.staging_path(uri, frame))
+        if frames:
+            files.remove_empty_parents(self.staging_path(uri, 1), files.parent_dir(self._staging_dir()))
+
     def _write_pngs(self, key: tuple[str, str, str], pngs: list[bytes]) -> list[str]:
         if self.png_dir is None:
             return []
@@ -125,8 +181,10 @@ class ParseDicomFn(beam.DoFn):
         opener: FileOpener | None = None,
         inline_renderer: Renderer | None = None,
         candidate_ticker: ProgressTicker | None = None,
+        stager: Renderer | None = None,
     ):
         self._want_images = want_images
+        self._stager = stager
         self._ticker = ticker
         self._candidate_ticker = candidate_ticker or ProgressTicker(None)
         self._opener = opener or FileOpener()
@@ -164,25 +222,32 @@ class ParseDicomFn(beam.DoFn):
             if size is None:
                 size = fp.seek(0, 2)
             row = instance_row(ds, path=path, file_size=size)
-        self._instances.inc()
-        yield row.values
-        signature = frozenset(row.types.items())
-        if signature not in self._types_sent:
-            self._types_sent.add(signature)
-            yield TaggedOutput(TYPES, row.types)
-        if not (self._want_images and has_pixel_data(ds)):
-            return
-        try:
-            key = instance_key(ds, path)
-            if self._inline_renderer is None:
-                yield TaggedOutput(IMAGES, (key, RenderSource(lossy=is_lossy(ds), path=path)))
+            self._instances.inc()
+            yield row.values
+            signature = frozenset(row.types.items())
+            if signature not in self._types_sent:
+                self._types_sent.add(signature)
+                yield TaggedOutput(TYPES, row.types)
+            if not (self._want_images and has_pixel_data(ds)):
+                return
+            try:
+                key = instance_key(ds, path)
+            except ValueError as exc:  # row kept, PNG impossible: a pixel-stage reject
+                self._pixel_errors.inc()
+                yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
+                return
+            if self._inline_renderer is not None:
+                yield from self._inline_renderer.render_outputs(ds, key, path)
+                return
+            lossy = is_lossy(ds)
+            if self._stager is None:
+                yield TaggedOutput(IMAGES, (key, RenderSource(lossy=lossy, path=path)))
                 self._candidate_ticker.tick()
                 return
-        except ValueError as exc:  # row kept, PNG impossible: a pixel-stage reject
-            self._pixel_errors.inc()
-            yield TaggedOutput(REJECTS, reject(path, "pixels", exc))
-            return
-        yield from self._inline_renderer.render_outputs(ds, key, path)
+            # The pixel data is read now, from the still open file (the header read deferred it).
+            frames, failure = self._stager.stage(ds, path)
+        # Only small values cross the grouping: which copy, whether it rendered, and why not.
+        yield TaggedOutput(IMAGES, (key, (lossy, path, frames, failure)))
 
 
 class MergeSchemaFn(beam.CombineFn):
@@ -199,6 +264,108 @@ class MergeSchemaFn(beam.CombineFn):
 
     def extract_output(self, acc: dict[str, pa.DataType]) -> pa.Schema:
         return table_schema(acc)
+
+
+class PublishInstanceFn(beam.DoFn):
+    """(instance key, every copy of it as staged by the parse pass) → its PNGs, from the first copy that rendered.
+
+    The same choice as RenderInstanceFn makes with one read per file: copies in a fixed order (lossless
+    before lossy, then the smallest path); the first that rendered is moved from the staging folder into
+    place, the others' staged PNGs are removed and they are `duplicate` rejects naming the chosen copy
+    (and, for a copy ahead of it in the order, why it did not render). When no copy rendered, every copy
+    is a `pixels` reject listing all of them. Copies after the chosen one are reported as if never tried.
+    """
+
+    def __init__(self, renderer: Renderer, ticker: ProgressTicker):
+        self._renderer = renderer
+        self._ticker = ticker
+        self._pixel_errors = Metrics.counter(NAMESPACE, "pixel_errors")
+        self._duplicates = Metrics.counter(NAMESPACE, "duplicates")
+
+    def process(self, element: tuple[tuple[str, str, str], Iterable[tuple]]) -> Iterator[Any]:
+        key, copies = element
+        staged = {}
+        for lossy, path, frames, failure in copies:
+            staged[RenderSource(lossy=lossy, path=path)] = (frames, failure)
+        candidates = sorted(staged)
+        failures: dict[str, Exception] = {}
+        try:
+            for source in candidates:
+                frames, failure = staged[source]
+                if failure is not None and failure[0] == "pixels":
+                    failures[source.path] = _Failure(*failure[1:])
+                    continue
+                if failure is None:
+                    outputs, written = self._renderer.publish(key, source.path, frames)
+                else:  # rendered, but its PNGs could not be written: the output location's fault
+                    Metrics.counter(NAMESPACE, "write_errors").inc()
+                    error = reject(source.path, "write", failure[2] or failure[3], failure[1])
+                    outputs, written = [TaggedOutput(REJECTS, error)], False
+                yield from outputs
+                for other in candidates:
+                    if other != source:
+                        self._renderer.discard(other.path, staged[other][0])
+                yield from _duplicate_rejects(self._duplicates, key, source, candidates, failures, written)
+                return
+            yield from _no_copy_renders(self._pixel_errors, key, candidates, failures)
+        finally:
+            self._ticker.tick(len(candidates))
+
+
+class _Failure(Exception):
+    """Why a copy did not render, as the parse pass saw it: the message and type name of the original error."""
+
+    def __init__(self, type_name: str, text: str, representation: str):
+        super().__init__(text)
+        self.type_name, self.text, self.representation = type_name, text, representation
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _type_name(error: Exception) -> str:
+    return error.type_name if isinstance(error, _Failure) else type(error).__name__
+
+
+def _message(error: Exception) -> str:
+    if isinstance(error, _Failure):
+        return error.text or error.representation
+    return str(error) or repr(error)
+
+
+def _duplicate_rejects(
+    counter: Any,
+    key: tuple[str, str, str],
+    chosen: RenderSource,
+    candidates: list[RenderSource],
+    failures: dict[str, Exception],
+    written: bool,
+) -> Iterator[Any]:
+    role = "which renders its PNG" if written else "chosen to render its PNG (the write failed)"
+    for other in candidates:
+        if other == chosen:
+            continue
+        counter.inc()
+        message = f"same instance {key[2]} as {chosen.path}, {role}"
+        if other.path in failures:
+            error = failures[other.path]
+            message += f"; this copy was tried first and does not render: {_type_name(error)}: {error}"
+        elif other.lossy and not chosen.lossy:
+            message += " (lossless copy preferred)"
+        yield TaggedOutput(REJECTS, reject(other.path, "duplicate", message, "DuplicateInstance"))
+
+
+def _no_copy_renders(
+    counter: Any, key: tuple[str, str, str], candidates: list[RenderSource], failures: dict[str, Exception]
+) -> Iterator[Any]:
+    others = [c.path for c in candidates]
+    for source in candidates:
+        counter.inc()
+        error = failures[source.path]
+        message = _message(error)
+        if len(others) > 1:
+            message += f" (no copy of instance {key[2]} renders; copies tried in order: {', '.join(others)})"
+        yield TaggedOutput(REJECTS, reject(source.path, "pixels", message, _type_name(error)))
 
 
 class RenderInstanceFn(beam.DoFn):
@@ -235,9 +402,9 @@ class RenderInstanceFn(beam.DoFn):
                     continue
                 outputs, written = self._renderer.write_outputs(key, pngs, source.path)
                 yield from outputs
-                yield from self._duplicate_rejects(key, source, candidates, failures, written)
+                yield from _duplicate_rejects(self._duplicates, key, source, candidates, failures, written)
                 return
-            yield from self._no_copy_renders(key, candidates, failures)
+            yield from _no_copy_renders(self._pixel_errors, key, candidates, failures)
         finally:
             self._ticker.tick(len(candidates))  # one per candidate file, as the bar's total counts them
 
@@ -245,39 +412,6 @@ class RenderInstanceFn(beam.DoFn):
         with self._opener.open(path) as fp:
             ds = read_dataset(fp, defer_size=None)
         return self._renderer.encode(ds)
-
-    def _duplicate_rejects(
-        self,
-        key: tuple[str, str, str],
-        chosen: RenderSource,
-        candidates: list[RenderSource],
-        failures: dict[str, Exception],
-        written: bool,
-    ) -> Iterator[Any]:
-        role = "which renders its PNG" if written else "chosen to render its PNG (the write failed)"
-        for other in candidates:
-            if other == chosen:
-                continue
-            self._duplicates.inc()
-            message = f"same instance {key[2]} as {chosen.path}, {role}"
-            if other.path in failures:
-                error = failures[other.path]
-                message += f"; this copy was tried first and does not render: {type(error).__name__}: {error}"
-            elif other.lossy and not chosen.lossy:
-                message += " (lossless copy preferred)"
-            yield TaggedOutput(REJECTS, reject(other.path, "duplicate", message, "DuplicateInstance"))
-
-    def _no_copy_renders(
-        self, key: tuple[str, str, str], candidates: list[RenderSource], failures: dict[str, Exception]
-    ) -> Iterator[Any]:
-        others = [c.path for c in candidates]
-        for source in candidates:
-            self._pixel_errors.inc()
-            error = failures[source.path]
-            message = str(error) or repr(error)
-            if len(others) > 1:
-                message += f" (no copy of instance {key[2]} renders; copies tried in order: {', '.join(others)})"
-            yield TaggedOutput(REJECTS, reject(source.path, "pixels", message, type(error).__name__))
 
 
 def _key_from_dicomweb_uri(uri: str) -> tuple[str, str, str]:
