@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import BinaryIO
 
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
 _GLOB_CHARS = set("*?[")
@@ -135,6 +136,12 @@ def list_files_with_sizes(pattern: str) -> list[tuple[str, int]]:
     """(path, size in bytes) of every file matching `pattern` (no directories), sorted by path."""
     result = FileSystems.match([pattern])[0]
     return sorted((m.path, m.size_in_bytes) for m in result.metadata_list if not m.path.endswith("/"))
+
+
+def path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
+    """A match's (path, size), unless it is a folder (object stores list `prefix/` placeholders)."""
+    if not match.path.endswith("/"):
+        yield match.path, match.size_in_bytes
 
 
 def delete_files(paths: list[str]) -> None:

@@ -26,7 +26,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
 
 from medbeam.dicom import burned_in
 from medbeam.dicom.deidentify import DeidOptions
@@ -162,7 +161,10 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
     storage = files.Storage(files.s3_options_of(p.options))
     patterns = [files.input_pattern(i) for i in config.inputs]
     matched = (
-        p | "Patterns" >> beam.Create(patterns) | "Match" >> fileio.MatchAll() | "Files" >> beam.FlatMap(_path_and_size)
+        p
+        | "Patterns" >> beam.Create(patterns)
+        | "Match" >> fileio.MatchAll()
+        | "Files" >> beam.FlatMap(files.path_and_size)
     )
     if len(set(patterns)) > 1:
         matched = matched | "Distinct" >> beam.Distinct()
@@ -220,10 +222,6 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
 
         load_into_bigquery(manifests, config.bigquery, [AUDIT_TABLE, REJECTS_TABLE], NAMESPACE)
 
-
-def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
-    if not match.path.endswith("/"):
-        yield match.path, match.size_in_bytes
 
 
 def run(config: DeidentifyConfig, beam_args: list[str] | None = None) -> DeidentifyCounts:

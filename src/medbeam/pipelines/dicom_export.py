@@ -23,13 +23,11 @@ Transforms are kept few: each costs the DirectRunner ~20 ms per run, which small
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
@@ -166,7 +164,7 @@ def build(
             p
             | "Patterns" >> beam.Create(patterns)
             | "Match" >> fileio.MatchAll()
-            | "Files only" >> beam.FlatMap(_path_and_size)
+            | "Files only" >> beam.FlatMap(files.path_and_size)
         )
         if len(set(patterns)) > 1:
             instances = instances | "Distinct" >> beam.Distinct()  # overlapping patterns: no duplicate rows
@@ -284,10 +282,6 @@ def _record_stats(_: tuple[str, bytes]) -> dict[str, int]:
     stats.update({present_key(n): 1 for n in ("study", "series", "instance", "frame", "png_bytes")})
     return stats
 
-
-def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
-    if not match.path.endswith("/"):
-        yield match.path, match.size_in_bytes
 
 
 def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCounts:

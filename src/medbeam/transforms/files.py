@@ -11,7 +11,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -123,17 +122,13 @@ class ReportCollisionsFn(beam.DoFn):
                 message = f"{path} was also written from {others}; which copy remains is unspecified"
             yield reject(source, "collision", message, "OutputCollision")
 
-def _path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
-    if not match.path.endswith("/"):
-        yield match.path, match.size_in_bytes
-
 def match_inputs(p: beam.Pipeline, patterns: list[str], exclude_dir: str) -> beam.PCollection:
     """(path, size) of every file matching any pattern, once, except those under `exclude_dir`."""
     return (
         p
         | "Patterns" >> beam.Create(patterns)
         | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
-        | "Files only" >> beam.FlatMap(_path_and_size)
+        | "Files only" >> beam.FlatMap(files.path_and_size)
         | "Not our tables" >> beam.Filter(lambda kv: not archives.is_under(kv[0], exclude_dir))
         | "Distinct" >> beam.Distinct()
     )
