@@ -844,7 +844,7 @@ def main() -> None:
     flat = mem_full <= mem_q * (1 + FLAT_TOLERANCE)
     jpgs = list((Path(v["job_1w"].spec["out"]) / "jpg").rglob("*.jpg"))
     jpg_kb = sum(p.stat().st_size for p in jpgs) / max(1, len(jpgs)) / 1024
-    from medbeam.transforms.cxr import tar_parts
+    from medbeam.io.archives import tar_parts
 
     # With more than one worker the job reads a tar much larger than the others in parts (tar_parts, about
     # equal in images); the DirectRunner deals the (reshuffled) parts out to the workers round-robin, in no

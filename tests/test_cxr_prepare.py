@@ -319,7 +319,7 @@ def test_labels_and_rejects_load_into_bigquery(bigquery_emulator, tmp_path):
 def test_large_tars_read_in_parts_give_the_same_outputs(tmp_path):
     """With more than one worker a tar much larger than the others is read in parts (windows of the tar,
     each streamed by its own reader): the records, JPGs, tables and counts are those of one reader."""
-    from medbeam.transforms.cxr import tar_parts
+    from medbeam.io.archives import tar_parts
 
     sample = syn.write_mimic_cxr_2019(tmp_path / "in", patients=6, bad_cases=True, train_tars=1)
     sizes = [t.stat().st_size for t in sample.tars]

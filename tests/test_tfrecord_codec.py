@@ -209,7 +209,7 @@ class _Deferred(tfr.DeferredExample):
     def __init__(self, i: int):
         self.i, self.nbytes, self.sort_token = i, 16, f"{i:03d}"
 
-    def serialize(self) -> bytes:
+    def serialize(self, storage) -> bytes:
         return tfr.encode_example({"i": self.i})
 
 

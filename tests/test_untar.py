@@ -483,8 +483,7 @@ def test_a_failure_is_raised_by_one_window_only(tmp_path, cut):
 
 
 def test_tar_parts_follow_the_typical_size():
-    from medbeam.transforms.cxr import tar_parts
-
+    tar_parts = archives.tar_parts
     train = [290] * 10
     assert [tar_parts(s, [*train, 723]) for s in (290, 723)] == [1, 2]
     assert tar_parts(1000, [1000]) == 2  # one tar: two readers

@@ -522,6 +522,22 @@ def tar_windows(archive_size: int, parts: int) -> list[Window]:
     return [(start, end) for start, end in zip(starts, [*cuts, None], strict=True)]
 
 
+#: A tar much larger than the typical one is read in parts (`tar_parts`), at most this many.
+MAX_TAR_PARTS = 4
+
+
+def tar_parts(size: int, sizes: list[int], max_parts: int = MAX_TAR_PARTS) -> int:
+    """How many readers share a tar of `size` bytes, given every tar's size: about size / the typical size
+    (the median; at least two parts in all), so that no reader gets several tars' worth of work (the 2019
+    release's valid tar beside its train tars; a dataset in one tar). Each part of a compressed tar
+    inflates what comes before it, so the count is capped."""
+    ordered = sorted(sizes)
+    if not ordered or size <= 0:
+        return 1
+    typical = min(ordered[len(ordered) // 2], sum(ordered) / 2)
+    return max(1, min(max_parts, round(size / typical)))
+
+
 def window_owns(window: Window | None, offset: int) -> bool:
     """Whether a failure at `offset` is this window's to report (exactly one window owns any offset)."""
     if window is None:

@@ -371,12 +371,13 @@ def existing_shards(prefix: str) -> list[str]:
 class DeferredExample:
     """An Example serialized only when its shard is written, for records whose bytes wait elsewhere (a
     spilled image): what crosses the shuffle is this small object, not the record. `nbytes` (its share
-    of the shard size) and `sort_token` (the tie-break after the key) must not need the bytes."""
+    of the shard size) and `sort_token` (the tie-break after the key) must not need the bytes.
+    `serialize` gets the writing worker's Storage (the one given to WriteExampleSets) to read them with."""
 
     nbytes: int
     sort_token: str
 
-    def serialize(self) -> bytes:
+    def serialize(self, storage: files.Storage) -> bytes:
         raise NotImplementedError
 
 
@@ -384,8 +385,8 @@ def _payload_size(payload: bytes | DeferredExample) -> int:
     return len(payload) if isinstance(payload, bytes) else payload.nbytes
 
 
-def _payload_bytes(payload: bytes | DeferredExample) -> bytes:
-    return payload if isinstance(payload, bytes) else payload.serialize()
+def _payload_bytes(payload: bytes | DeferredExample, storage: files.Storage) -> bytes:
+    return payload if isinstance(payload, bytes) else payload.serialize(storage)
 
 
 def _payload_order(payload: bytes | DeferredExample) -> bytes | str:
@@ -397,11 +398,13 @@ class _TfrecordShards(ShardFormat):
     bytes (or sort token); the shard count is given or follows the total record bytes; finishing deletes
     shards of other runs."""
 
-    def __init__(self, prefixes: Mapping[str, str], num_shards: int | None, target_bytes: int, keyed: bool = False):
+    def __init__(self, prefixes: Mapping[str, str], num_shards: int | None, target_bytes: int, keyed: bool = False,
+                 storage: files.Storage | None = None):  # fmt: skip
         self._prefixes = dict(prefixes)  # group → prefix
         self._num_shards = num_shards
         self._target = target_bytes
         self._keyed = keyed  # finish gives (group, shards), not the shards alone
+        self._storage = storage or files.Storage()  # what DeferredExamples read with
 
     def measure(self, record: tuple[str, bytes]) -> int:
         return _payload_size(record[1])
@@ -417,7 +420,7 @@ class _TfrecordShards(ShardFormat):
 
     def write(self, group: str, index: int, count: int, records: list[tuple[str, bytes]], side: dict[str, Any]) -> str:
         path = shard_path(self._prefixes[group], index, count)
-        write_records(path, (_payload_bytes(payload) for _, payload in records))
+        write_records(path, (_payload_bytes(payload, self._storage) for _, payload in records))
         return path
 
     def finish(self, group: str, shards: list[str], size: int, side: dict[str, Any]) -> Any:
@@ -472,7 +475,7 @@ class WriteExampleSets(beam.PTransform):
     three times the steps (the frontal/lateral/other sets of `cxr prepare`)."""
 
     def __init__(self, prefixes: Mapping[str, str], num_shards: int | None = None,
-                 target_shard_bytes: int = DEFAULT_SHARD_BYTES):  # fmt: skip
+                 target_shard_bytes: int = DEFAULT_SHARD_BYTES, storage: files.Storage | None = None):  # fmt: skip
         super().__init__()
         for prefix in prefixes.values():
             check_prefix(prefix)
@@ -480,9 +483,10 @@ class WriteExampleSets(beam.PTransform):
         self._prefixes = dict(prefixes)
         self._num_shards = num_shards
         self._target = target_shard_bytes
+        self._storage = storage
 
     def expand(self, records: PCollection) -> PCollection:
-        fmt = _TfrecordShards(self._prefixes, self._num_shards, self._target, keyed=True)
+        fmt = _TfrecordShards(self._prefixes, self._num_shards, self._target, keyed=True, storage=self._storage)
         return records | "Shards" >> ShardedWrite(fmt, groups=list(self._prefixes))
 
 
@@ -537,6 +541,13 @@ def description_path(prefix: str) -> str:
 
 def read_description(prefix: str) -> dict[str, Any]:
     return json.loads(files.read_bytes(description_path(prefix)))
+
+
+def write_description(prefix: str, doc: Mapping[str, Any]) -> str:
+    """Write `{prefix}.features.json`; return its path."""
+    path = description_path(prefix)
+    files.write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
+    return path
 
 
 def present_key(name: str) -> str:
@@ -619,9 +630,7 @@ class _Describe(beam.DoFn):
         doc = describe(
             prefix, job, specs, stats, shards, self._count_names, rejects[0] if rejects else None, self._extra
         )
-        path = description_path(prefix)
-        files.write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
-        yield path
+        yield write_description(prefix, doc)
 
 
 class _DescribeSet(beam.DoFn):
@@ -638,9 +647,7 @@ class _DescribeSet(beam.DoFn):
         prefix = self._prefixes[name]
         doc = describe(prefix, self._job, self._specs, stats.get(name, {}), shards.get(name, []),
                        self._count_names, rejects[0] if rejects else None, self._extras.get(name))  # fmt: skip
-        path = description_path(prefix)
-        files.write_bytes(path, (json.dumps(doc, indent=2) + "\n").encode(), "application/json")
-        yield path
+        yield write_description(prefix, doc)
 
 
 class DescribeDatasets(beam.PTransform):

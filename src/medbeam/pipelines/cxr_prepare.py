@@ -43,7 +43,6 @@ from medbeam.transforms.cxr import (
     ReadTarImagesFn,
     Spilled,
     number_study_images,
-    tar_parts,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
 from medbeam.transforms.outputs import ReplaceOutputs, outputs_table
@@ -232,8 +231,8 @@ class _SpilledExample(tfr.DeferredExample):
         self.nbytes = spilled.size + self.OVERHEAD
         self.sort_token = spilled.record.uri
 
-    def serialize(self) -> bytes:
-        return tfr.encode_example(cxr.record_features(self._layout, self._spilled.load()))
+    def serialize(self, storage: files.Storage) -> bytes:
+        return tfr.encode_example(cxr.record_features(self._layout, self._spilled.load(storage)))
 
 
 def _encode(layout: str, spilled: Spilled) -> tuple[str, _SpilledExample]:
@@ -248,12 +247,12 @@ def _stats(layout: str, record: cxr.CxrRecord) -> dict[str, int]:
 
 
 class _WriteJpgFn(beam.DoFn):
-    def __init__(self, jpg_dir: str):
-        self._dir = jpg_dir
+    def __init__(self, jpg_dir: str, storage: files.Storage):
+        self._dir, self._storage = jpg_dir, storage
 
     def process(self, spilled: Spilled):
         path = files.join(self._dir, spilled.record.image.relpath)
-        files.write_bytes(path, files.read_bytes(spilled.spill), "image/jpeg")
+        files.write_bytes(path, spilled.load(self._storage).jpg, "image/jpeg")
         yield path
 
 
@@ -279,7 +278,9 @@ class _DeleteSpillFn(beam.DoFn):
 def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire `cxr prepare` into `p`."""
     layout = config.layout
-    settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality, config.spill_dir)
+    storage = files.Storage(files.s3_options_of(p.options))
+    settings = ImageSettings(layout, config.image_shape, config.resize_mode, config.jpeg_quality, config.spill_dir,
+                             storage)  # fmt: skip
     rejects = []
     image_sets, failed_sets = [], []
     spread = not runner.runs_in_one_local_worker(p.options)  # one local worker: nothing to spread over
@@ -292,11 +293,10 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
             tars = (
                 tars
                 | "Tar parts" >> beam.FlatMap(
-                    lambda t, sizes: [(*t, i, n) for n in [tar_parts(t[1], sizes)] for i in range(n)], sizes
+                    lambda t, sizes: [(*t, i, n) for n in [archives.tar_parts(t[1], sizes)] for i in range(n)], sizes
                 )
                 | "Spread tars" >> beam.Reshuffle()
             )
-        storage = files.Storage(files.s3_options_of(p.options))
         read = tars | "Read tars" >> beam.ParDo(
             ReadTarImagesFn(settings, archives.Limits(), storage, ticker)
         ).with_outputs(REJECTS, FAILED, main="images")
@@ -364,13 +364,13 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
     ]
     rows = {LABELS_TABLE: table_rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
     if config.output_jpg_dir is not None:
-        written = records | "Write JPGs" >> beam.ParDo(_WriteJpgFn(config.output_jpg_dir))
+        written = records | "Write JPGs" >> beam.ParDo(_WriteJpgFn(config.output_jpg_dir, storage))
         rows["outputs"] = written | "JPG manifest" >> ReplaceOutputs(config.output_jpg_dir, NAMESPACE)
         specs.append(outputs_table(config.output_jpg_dir))
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
     written = [manifests]
     if config.output_tfrecord_dir is not None:
-        written += _write_records(p, config, records, manifests)
+        written += _write_records(p, config, records, manifests, storage)
     _ = (
         p
         | "After writing" >> beam.Impulse()
@@ -382,7 +382,7 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         load_into_bigquery(manifests, config.bigquery, [LABELS_TABLE, REJECTS_TABLE], NAMESPACE)
 
 
-def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> list[Any]:
+def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests, storage: files.Storage) -> list[Any]:
     """frontal-, lateral- and other- shards, each with its features.json (counts, spec, the rejects table),
     the three sets through one sharded write and one describing step; returns the (view, shards) list."""
     layout = config.layout
@@ -393,7 +393,7 @@ def _write_records(p: beam.Pipeline, config: CxrConfig, records, manifests) -> l
     shards = (
         records
         | "Encode" >> beam.Map(lambda s: (s.record.view_name, _encode(layout, s)))
-        | "Write TFRecords" >> tfr.WriteExampleSets(prefixes, config.num_shards, config.target_shard_bytes)
+        | "Write TFRecords" >> tfr.WriteExampleSets(prefixes, config.num_shards, config.target_shard_bytes, storage)
     )
     stats = records | "Stats" >> beam.Map(lambda s: (s.record.view_name, _stats(layout, s.record)))
     extras = {view: {"layout": layout, "view": index} for index, view in enumerate(cxr.VIEW_NAMES)}

@@ -53,18 +53,20 @@ class Spilled:
     spill: str
     size: int
 
-    def load(self) -> cxr.CxrRecord:
-        return dataclasses.replace(self.record, jpg=files.read_bytes(self.spill))
+    def load(self, storage: files.Storage) -> cxr.CxrRecord:
+        with storage.open(self.spill) as f:
+            return dataclasses.replace(self.record, jpg=f.read())
 
 
 class ImageSettings:
     """How images are resized: (height, width) or None to keep them (still checked to decode); where the
-    resized JPGs wait for the joins (`spill_dir`)."""
+    resized JPGs wait for the joins (`spill_dir`), written through `storage` (one S3 client per worker,
+    plain files locally: Beam's FileSystems would build an S3 client for every spilled JPG)."""
 
     def __init__(self, layout: str, shape: tuple[int, int] | None, resize_mode: str, quality: int,
-                 spill_dir: str):  # fmt: skip
+                 spill_dir: str, storage: files.Storage):  # fmt: skip
         self.layout, self.shape, self.resize_mode, self.quality = layout, shape, resize_mode, quality
-        self.spill_dir = spill_dir
+        self.spill_dir, self.storage = spill_dir, storage
 
     def prepare(self, uri: str, path: str, data: bytes) -> Iterator[Any]:
         """(join key, image dict) of one image, or its reject (unknown path, not a JPEG, undecodable) and,
@@ -86,7 +88,8 @@ class ImageSettings:
             yield TaggedOutput(FAILED, (key.key, {"uri": uri, "reason": f"{type(exc).__name__}: {exc}"}))
             return
         spill = spill_path(self.spill_dir, uri)
-        files.write_bytes(spill, jpg, "image/jpeg")
+        with self.storage.create(spill) as f:
+            f.write(jpg)
         digest = hashlib.sha256(jpg).hexdigest()
         yield key.key, {"uri": uri, "image": key, "spill": spill, "size": len(jpg), "sha256": digest}
 
@@ -97,26 +100,11 @@ def _image_reject(uri: str, stage: str, exc: Exception) -> TaggedOutput:
     return TaggedOutput(REJECTS, reject(uri, stage, exc))
 
 
-#: A tar much larger than the typical one is read in parts (`tar_parts`), at most this many.
-MAX_TAR_PARTS = 4
-
-
-def tar_parts(size: int, sizes: list[int], max_parts: int = MAX_TAR_PARTS) -> int:
-    """How many readers share a tar of `size` bytes, given every tar's size: about size / the typical size
-    (the median; at least two parts in all), so that no reader gets several tars' worth of work (the 2019
-    release's valid tar beside its train tars; a dataset in one tar). Each part of a compressed tar
-    inflates what comes before it, so the count is capped."""
-    ordered = sorted(sizes)
-    if not ordered or size <= 0:
-        return 1
-    typical = min(ordered[len(ordered) // 2], sum(ordered) / 2)
-    return max(1, min(max_parts, round(size / typical)))
-
-
 class ReadTarImagesFn(beam.DoFn):
     """(tar path, size[, part, parts]) → (key, image) for each member (of that part: a window of the tar,
-    `archives.tar_windows`), streamed one at a time; rejects for the rest. A part's failure is reported by
-    the part it happened in (`archives.window_owns`), once; `archives_in` is counted by part 0."""
+    `archives.tar_windows`; how many parts: `archives.tar_parts`), streamed one at a time; rejects for the
+    rest. A part's failure is reported by the part it happened in (`archives.window_owns`), once;
+    `archives_in` is counted by part 0."""
 
     def __init__(self, settings: ImageSettings, limits: archives.Limits, storage: files.Storage,
                  ticker: ProgressTicker | None = None):  # fmt: skip
