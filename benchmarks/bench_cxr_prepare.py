@@ -42,9 +42,12 @@ left out, with the whole process's time, CPU-s (user + sys, children included) a
 * **tar streaming only**: `medbeam.io.archives.read_members` over the per-core tar, gz and plain: the
   difference is gzip's decode cost per image.
 * **cxr prepare, 1 worker / 2 workers**: the whole corpus (`input_dir`), not pinned,
-  `["--direct_num_workers=1"]` against `["--direct_running_mode=multi_processing", "--direct_num_workers=2"]`.
-  Parallelism is per tar, or per part of a tar much larger than the others (the job's `tar_parts`), so
-  the ratio is capped by how the parts split over 2 workers (printed: worst and best split).
+  `["--direct_num_workers=1"]` against 2 worker threads (`--direct_running_mode=multi_threading`, what the
+  job picks by itself on up to 4 cores) and 2 worker processes (`multi_processing`), each also on the first
+  4 images alone (its fixed cost: worker start-up, the runner's per-stage round trips), so that the
+  speed-up without fixed costs shows too. The local runner deals its elements out statically, so the job
+  deals the tars into one share per worker of about equal bytes (`archives.deal_tars`, a tar cut where a
+  share ends); the busier share caps the ratio (printed).
 * **cxr prepare, 1 worker, one tar**: the first train tar alone, for memory: peak RSS (the job process's
   `ru_maxrss` from `os.wait4`; the 2-worker row's figure is the largest single process, not the sum) at N
   and at ~N/(T + 2) images shows whether memory is flat in N.
@@ -74,7 +77,6 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -613,6 +615,7 @@ def main() -> None:
     first_tar = corpus.tar_paths()[0]
     one = ["--direct_num_workers=1"]
     two = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    two_threads = ["--direct_running_mode=multi_threading", "--direct_num_workers=2"]
     quarter = corpus.tars[first_tar.name]
     gz, plain, sub_csv = [str(subset.gz)], [str(subset.plain)], [str(subset.csv)]
     k = subset.images
@@ -718,7 +721,7 @@ def main() -> None:
             worker_rounds,
         ),
         "job_2w": Variant(
-            "cxr prepare, 2 workers",
+            "cxr prepare, 2 worker processes",
             {
                 "kind": "job",
                 "input_dir": str(corpus.root),
@@ -727,6 +730,37 @@ def main() -> None:
             },
             False,
             corpus.images,
+            [],
+            worker_rounds,
+        ),
+        "job_2t": Variant(
+            "cxr prepare, 2 worker threads",
+            {
+                "kind": "job",
+                "input_dir": str(corpus.root),
+                "beam_args": two_threads,
+                "out": str(runs / "job-2t"),
+            },
+            False,
+            corpus.images,
+            [],
+            worker_rounds,
+        ),
+        "job_2w_fixed": Variant(
+            f"  2 processes, first {tiny.images} images only",
+            {"kind": "job", "tars": [str(tiny.gz)], "csvs": [str(tiny.csv)], "beam_args": two,
+             "out": str(runs / "job-2w-fixed")},
+            False,
+            tiny.images,
+            [],
+            worker_rounds,
+        ),
+        "job_2t_fixed": Variant(
+            f"  2 threads, first {tiny.images} images only",
+            {"kind": "job", "tars": [str(tiny.gz)], "csvs": [str(tiny.csv)], "beam_args": two_threads,
+             "out": str(runs / "job-2t-fixed")},
+            False,
+            tiny.images,
             [],
             worker_rounds,
         ),
@@ -802,6 +836,12 @@ def main() -> None:
             v["job_1w"].seconds / v["job_2w"].seconds,
             f"target >= {TARGET_WORKERS}x",
         ),
+        "job_2t": (
+            v["job_1w"].seconds / v["job_2t"].seconds,
+            f"target >= {TARGET_WORKERS}x (the job's default on <= 4 cores)",
+        ),
+        "job_2w_fixed": (None, "fixed cost, processes"),
+        "job_2t_fixed": (None, "fixed cost, threads"),
         "job_quarter": (None, "memory at one tar"),
     }
     print(
@@ -826,14 +866,16 @@ def main() -> None:
 
     # Derived figures
     per_core = base / v["job_core"].seconds
-    workers = v["job_1w"].seconds / v["job_2w"].seconds
+    default_2 = "job_2t"  # what the job picks on 2 cores (cxr_prepare.local_plan: threads up to 4 cores)
+    workers = v["job_1w"].seconds / v[default_2].seconds
+    workers_p = v["job_1w"].seconds / v["job_2w"].seconds
     loop_ms, loop_mb_ms = 1000 * base / k, 1000 * v["loop_mb"].seconds / k
     job_ms = 1000 * v["job_core"].seconds / k
     job_marginal_ms = 1000 * (v["job_core"].seconds - v["job_fixed"].seconds) / (k - v["job_fixed"].images)
     job_fixed_s = v["job_core"].seconds - job_marginal_ms * k / 1000
     gzip_ms = 1000 * (v["tars_gz"].seconds - v["tars_plain"].seconds) / k
     plain_ms = 1000 * v["job_core_plain"].seconds / k
-    rate2 = corpus.images / v["job_2w"].seconds
+    rate2 = corpus.images / v[default_2].seconds
     hours = MIMIC_CXR_JPG_IMAGES / rate2 / 3600
     n_q, n_full = v["job_quarter"].images, v["job_1w"].images
     mem_q, mem_full = v["job_quarter"].peak_mb, v["job_1w"].peak_mb
@@ -844,19 +886,22 @@ def main() -> None:
     flat = mem_full <= mem_q * (1 + FLAT_TOLERANCE)
     jpgs = list((Path(v["job_1w"].spec["out"]) / "jpg").rglob("*.jpg"))
     jpg_kb = sum(p.stat().st_size for p in jpgs) / max(1, len(jpgs)) / 1024
-    from medbeam.io.archives import tar_parts
+    from medbeam.io.archives import deal_tars
 
-    # With more than one worker the job reads a tar much larger than the others in parts (tar_parts, about
-    # equal in images); the DirectRunner deals the (reshuffled) parts out to the workers round-robin, in no
-    # set order: one worker gets ceil(P/2) of them. The best and worst such splits bound the speed-up.
+    # With more than one local worker the job deals the tars into one share per worker of about equal bytes
+    # (deal_tars, cutting a tar where a share ends); the busier share bounds the speed-up.
     sizes = {name: (corpus.root / name).stat().st_size for name in corpus.tars}
-    units = []
-    for name, images in corpus.tars.items():
-        n = tar_parts(sizes[name], list(sizes.values()))
-        units += [images // n + (1 if i < images % n else 0) for i in range(n)]
-    tars = sorted(units, reverse=True)
-    loads = [max(sum(c), corpus.images - sum(c)) for c in combinations(tars, (len(tars) + 1) // 2)]
-    bound, worst = corpus.images / min(loads), corpus.images / max(loads)
+    shares = [
+        sum((w[1] if w and w[1] is not None else size) - (w[0] if w else 0) for _, size, w in share)
+        for share in deal_tars(list(sizes.items()), 2)
+    ]
+    busiest = max(shares) / sum(shares)
+    bound = 1 / busiest
+    fixed_1 = v["job_fixed"].seconds
+    marginal_2 = {key: (v["job_1w"].seconds - fixed_1) / (v[key].seconds - v[f"{key}_fixed"].seconds)
+                  for key in ("job_2t", "job_2w")}  # fmt: skip
+    rate2_marginal = (corpus.images - tiny.images) / (v[default_2].seconds - v[f"{default_2}_fixed"].seconds)
+    hours_marginal = MIMIC_CXR_JPG_IMAGES / rate2_marginal / 3600
 
     def verdict(ok: bool) -> str:
         return "met" if ok else "NOT met"
@@ -884,20 +929,23 @@ def main() -> None:
         f"vs .tar), {cpu_gzip / cpu_job:.0%} of the job's marginal CPU; the job on the plain .tar: "
         f"{plain_ms:.1f} vs {job_ms:.1f} ms/image whole-job"
     )
-    cpu_1w, cpu_2w = v["job_1w"].best["cpu_seconds"], v["job_2w"].best["cpu_seconds"]  # type: ignore[index]
-    idle_2w = cpu_2w * max(loads) / corpus.images
+    cpu_1w = v["job_1w"].best["cpu_seconds"]  # type: ignore[index]
+    cpu_2t, cpu_2w = v["job_2t"].best["cpu_seconds"], v["job_2w"].best["cpu_seconds"]  # type: ignore[index]
+    idle_2 = v[default_2].best["cpu_seconds"] * busiest  # type: ignore[index]
     print(
         f"1 worker, whole corpus: {1000 * marginal:.1f} ms/image marginal + {fixed:.1f} s fixed (from the N and "
-        f"one-tar runs); resized JPGs {jpg_kb:.1f} kB each; images per part {tars}: 2 workers can reach at most "
-        f"{worst:.2f}x (worst split) to {bound:.2f}x (best split)"
+        f"one-tar runs); resized JPGs {jpg_kb:.1f} kB each; the 2 shares of the tars (deal_tars) hold "
+        f"{', '.join(f'{x / 2**20:.0f}' for x in shares)} MB: 2 workers can reach at most {bound:.2f}x"
     )
     print(
-        f"whole-process CPU: 1 worker {cpu_1w:.0f} CPU-s, 2 workers {cpu_2w:.0f} CPU-s "
-        f"({cpu_2w / cpu_1w - 1:+.0%}); wall/CPU {v['job_1w'].seconds / cpu_1w:.2f} and "
-        f"{v['job_2w'].seconds / cpu_2w:.2f} (1.0 and 0.5 on idle cores); an idle machine would take about "
-        f"{idle_2w:.0f} s on 2 workers (the busier worker's share of that CPU, worst split): "
-        f"{cpu_1w / idle_2w:.2f}x, {MIMIC_CXR_JPG_IMAGES * idle_2w / corpus.images / 3600:.2f} h for "
-        f"{MIMIC_CXR_JPG_IMAGES:,} images"
+        f"2 workers without each mode's fixed cost (its first-{tiny.images}-images run; 1 worker's from the "
+        f"pinned one): threads {marginal_2['job_2t']:.2f}x, processes {marginal_2['job_2w']:.2f}x"
+    )
+    print(
+        f"whole-process CPU: 1 worker {cpu_1w:.0f} CPU-s, 2 threads {cpu_2t:.0f} ({cpu_2t / cpu_1w - 1:+.0%}), "
+        f"2 processes {cpu_2w:.0f} ({cpu_2w / cpu_1w - 1:+.0%}); wall/CPU {v['job_1w'].seconds / cpu_1w:.2f}, "
+        f"{v['job_2t'].seconds / cpu_2t:.2f} and {v['job_2w'].seconds / cpu_2w:.2f} (1.0 and 0.5 on idle cores); "
+        f"the busier share of the threads' CPU: {idle_2:.0f} s, {cpu_1w / idle_2:.2f}x"
     )
     print("\ntargets:")
     print(
@@ -906,10 +954,11 @@ def main() -> None:
         f"at large N {loop_ms / job_marginal_ms:.2f}x, on CPU time {cpu_loop / cpu_job:.2f}x)"
     )
     print(
-        f"  2 workers vs 1 (N={corpus.images}, {len(corpus.tars)} tars):  {workers:.2f}x   "
-        f"target >= {TARGET_WORKERS}x   {verdict(workers >= TARGET_WORKERS and corpus.images >= 2000)}"
+        f"  2 workers vs 1 (N={corpus.images}, {len(corpus.tars)} tars):  {workers:.2f}x (threads, the job's "
+        f"default here; processes {workers_p:.2f}x)   target >= {TARGET_WORKERS}x   "
+        f"{verdict(workers >= TARGET_WORKERS and corpus.images >= 2000)}"
         + ("   (N < 2000: indicative only)" if corpus.images < 2000 else "")
-        + f"   (idle-machine estimate from CPU time {cpu_1w / idle_2w:.2f}x)"
+        + f"   (without fixed costs {marginal_2[default_2]:.2f}x)"
     )
     print(
         f"  memory: peak RSS {mem_q:.0f} MB at {n_q} images, {mem_full:.0f} MB at {n_full} "
@@ -920,7 +969,10 @@ def main() -> None:
         f"  projection: {MIMIC_CXR_JPG_IMAGES:,} images at {rate2:.1f} images/s (2 workers) = {hours:.2f} h   "
         f"goal < {GOAL_HOURS} h   {verdict(hours < GOAL_HOURS)}"
     )
-    print(f"              ({ideal_hours:.2f} h if 2 workers halved the 1-worker marginal cost exactly, no fixed cost)")
+    print(
+        f"              ({hours_marginal:.2f} h at the 2 workers' marginal rate, {rate2_marginal:.1f} images/s; "
+        f"{ideal_hours:.2f} h if 2 workers halved the 1-worker marginal cost exactly)"
+    )
     print(
         f"\nchecks: {'all passed' if not problems else 'FAILED'} (records = corpus images, no rejects, "
         f"Examples of the job == the medbeam-resize loop's); total {time.perf_counter() - t_total:.0f} s"

@@ -317,13 +317,14 @@ def test_labels_and_rejects_load_into_bigquery(bigquery_emulator, tmp_path):
 
 
 def test_large_tars_read_in_parts_give_the_same_outputs(tmp_path):
-    """With more than one worker a tar much larger than the others is read in parts (windows of the tar,
-    each streamed by its own reader): the records, JPGs, tables and counts are those of one reader."""
-    from medbeam.io.archives import tar_parts
+    """With more than one local worker the tars are dealt into equal shares, a tar cut where a share ends
+    (windows of the tar, each streamed by its own reader): the records, JPGs, tables and counts are those
+    of one reader."""
+    from medbeam.io.archives import deal_tars
 
     sample = syn.write_mimic_cxr_2019(tmp_path / "in", patients=6, bad_cases=True, train_tars=1)
-    sizes = [t.stat().st_size for t in sample.tars]
-    assert max(tar_parts(s, sizes) for s in sizes) == 2  # the train tar: 2 parts
+    dealt = deal_tars([(str(t), t.stat().st_size) for t in sample.tars], 2)
+    assert any(window is not None for share in dealt for _, _, window in share)  # a tar is cut
     whole = _prepare(cxr.MIMIC_2019, sample, tmp_path / "whole")
     parts = _prepare(cxr.MIMIC_2019, sample, tmp_path / "parts",
                      beam_args=["--direct_running_mode=multi_threading", "--direct_num_workers=2"])  # fmt: skip
@@ -335,3 +336,14 @@ def test_large_tars_read_in_parts_give_the_same_outputs(tmp_path):
         assert _rows(str(tmp_path / "parts" / "cxr.duckdb"), sql.format(table)) == _rows(
             str(tmp_path / "whole" / "cxr.duckdb"), sql.format(table)
         )
+
+
+def test_local_runs_spread_over_threads_on_a_few_cores():
+    from medbeam.pipelines.cxr_prepare import local_plan
+    from medbeam.pipelines.runner import local_beam_args
+
+    two = local_plan(60.0, cores=2)
+    assert (two.workers, two.mode) == (2, "multi_threading")
+    args = local_beam_args([], True, two.workers, two.mode)
+    assert "--direct_running_mode=multi_threading" in args and "--direct_num_workers=2" in args
+    assert local_plan(60.0, cores=16).mode == "multi_processing"

@@ -490,3 +490,43 @@ def test_tar_parts_follow_the_typical_size():
     assert tar_parts(500, [500, 500]) == 1
     assert tar_parts(10_000, [10, 10, 10_000]) == 4  # capped: each part inflates what comes before it
     assert tar_parts(0, [0]) == 1
+
+
+def _shares(dealt: list[list[archives.TarPiece]]) -> list[int]:
+    return [sum((w[1] if w and w[1] is not None else size) - (w[0] if w else 0) for _, size, w in share)
+            for share in dealt]  # fmt: skip
+
+
+def test_deal_tars_gives_each_worker_an_equal_share():
+    release = [(f"train_p1{i}.tar.gz", 160) for i in range(10)] + [("valid.tar.gz", 404)]
+    for bins in (1, 2, 3, 4):
+        dealt = archives.deal_tars(release, bins)
+        assert _shares(dealt) == [2004 // bins] * bins  # 2004 divides by 1-4
+        cut = [piece for share in dealt for piece in share if piece[2] is not None]
+        assert len({path for path, _, _ in cut}) <= bins - 1  # at most bins - 1 tars cut, each in two
+        pieces: dict[str, list] = {}
+        for share in dealt:
+            for path, _, window in share:
+                pieces.setdefault(path, []).append(window)
+        for path, windows in pieces.items():  # every tar whole, or windows that tile it from 0 to its end
+            if windows != [None]:
+                assert windows[0][0] == 0 and windows[-1][1] is None
+                assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+    one = [("one.tar", 1000)]
+    assert archives.deal_tars(one, 2) == [[("one.tar", 1000, (0, 500))], [("one.tar", 1000, (500, None))]]
+    # a cut that would leave a sliver is not made: the tar goes whole
+    assert _shares(archives.deal_tars([("a", 505), ("b", 495)], 2)) == [505, 495]
+    assert archives.deal_tars([], 2) == [[], []]
+
+
+def test_dealt_windows_split_the_members_exactly_once(tmp_path):
+    members = [(_info(f"m{i:02d}.bin", 3000), bytes([i]) * 3000) for i in range(30)]
+    archive = tmp_path / "a.tar.gz"
+    archive.write_bytes(tar_bytes(members, "gz"))
+    size = archive.stat().st_size
+    seen = []
+    for share in archives.deal_tars([(str(archive), size), ("other.tar", size // 3)], 3):
+        for path, _, window in share:
+            if path == str(archive):
+                seen += [e.member for e in archives.read_members(path, size, Limits(), 1 << 20, window=window)]
+    assert seen == [f"m{i:02d}.bin" for i in range(30)]

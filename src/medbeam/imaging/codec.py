@@ -226,6 +226,9 @@ def shrink_jpeg(
             crop_h, crop_w = plan.crop[2], plan.crop[3]
             shrink = max(1.0, min(crop_h / plan.inner[0], crop_w / plan.inner[1]))
             img.draft(img.mode, (math.ceil(img.width / shrink), math.ceil(img.height / shrink)))
+            # One decoder call over the whole file, not one per 64 KiB (Pillow's default): each call re-joins
+            # the unconsumed bytes; ~2 ms less per 1.8 MB JPEG, and one GIL release instead of ~28.
+            img.decodermaxblock = max(len(data), 1 << 16)
             pixels = np.asarray(img.convert("L" if img.mode == "L" else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError(f"not a decodable JPEG ({len(data)} bytes): {exc}") from None

@@ -54,6 +54,19 @@ JOB = "cxr prepare"
 DEFAULT_PARQUET_DIR = "medbeam-cxr"
 #: One core's cost per image (decode at DCT scale + resize + encode + joins), for the local choice.
 COST = runner.CostModel(seconds_per_file=0.04)
+#: Up to this many cores a local run spreads over threads of one process, beyond it over processes.
+THREADED_UP_TO_CORES = 4
+
+
+def local_plan(estimate: float, cores: int | None = None) -> runner.LocalPlan:
+    """How a local run spreads: the image work (inflate, JPEG decode, resize, encode) runs in C with the GIL
+    released, so on a few cores threads do as well as processes (1.7-1.8x on 2 cores, benchmarks/
+    bench_cxr_prepare.py) without a worker process's start-up (~2.3 s of importing Beam each, and ~10 % more
+    CPU in all); on more cores the GIL-holding rest would make threads contend."""
+    cores = cores or os.cpu_count() or 1
+    if cores <= THREADED_UP_TO_CORES:
+        return runner.LocalPlan(lambda: estimate, workers=cores, mode="multi_threading")
+    return runner.LocalPlan(lambda: estimate)
 _ARROW = {"string": pa.string(), "int": pa.int64(), "date": pa.date32(), "time": pa.time64("us")}
 _V2_FILES = {
     "metadata": "mimic-cxr-2.0.0-metadata.csv.gz",
@@ -252,7 +265,12 @@ class _WriteJpgFn(beam.DoFn):
 
     def process(self, spilled: Spilled):
         path = files.join(self._dir, spilled.record.image.relpath)
-        files.write_bytes(path, spilled.load(self._storage).jpg, "image/jpeg")
+        jpg = spilled.load(self._storage).jpg
+        if files.has_scheme(path):
+            files.write_bytes(path, jpg, "image/jpeg")  # the object's content type set
+        else:
+            with self._storage.create(path) as f:  # a plain file: no Beam FileSystems wrapper (~0.1 ms each)
+                f.write(jpg)
         yield path
 
 
@@ -275,6 +293,32 @@ class _DeleteSpillFn(beam.DoFn):
         yield self._dir
 
 
+def _spread_tars(tars, workers: int | None):
+    """(path, size) of each tar → (path, size[, window]) spread over the workers. A local runner deals
+    its elements out round-robin, so the tars are dealt into one share per worker of about equal bytes
+    (`archives.deal_tars`, cutting at most workers - 1 tars), grouped by share; elsewhere (a cluster,
+    which balances work itself) a tar much larger than the others is read in parts, reshuffled."""
+    sizes = beam.pvalue.AsList(tars)
+    if workers is not None:
+        return (
+            tars.pipeline
+            | "Deal" >> beam.Impulse()
+            | "Deal tars" >> beam.FlatMap(
+                lambda _, listed: [(i, piece) for i, share in enumerate(archives.deal_tars(listed, workers))
+                                   for piece in share], sizes)  # fmt: skip
+            | "By share" >> beam.GroupByKey()
+            | "Pieces" >> beam.FlatMap(lambda share: share[1])
+        )
+
+    def parts(tar: tuple[str, int], listed: list[tuple[str, int]]) -> list[tuple[Any, ...]]:
+        count = archives.tar_parts(tar[1], [size for _, size in listed])
+        if count == 1:
+            return [tar]
+        return [(*tar, window) for window in archives.tar_windows(tar[1], count)]
+
+    return tars | "Tar parts" >> beam.FlatMap(parts, sizes) | "Spread tars" >> beam.Reshuffle()
+
+
 def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = None) -> None:
     """Wire `cxr prepare` into `p`."""
     layout = config.layout
@@ -288,15 +332,8 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         from medbeam.transforms.files import match_inputs
 
         tars = match_inputs(p, config.tar_patterns, config.parquet_dir)
-        if spread:  # large tars in parts, so that one tar does not hold the other workers back
-            sizes = beam.pvalue.AsList(tars | "Sizes" >> beam.Map(lambda t: t[1]))
-            tars = (
-                tars
-                | "Tar parts" >> beam.FlatMap(
-                    lambda t, sizes: [(*t, i, n) for n in [archives.tar_parts(t[1], sizes)] for i in range(n)], sizes
-                )
-                | "Spread tars" >> beam.Reshuffle()
-            )
+        if spread:
+            tars = _spread_tars(tars, runner.local_workers(p.options))
         read = tars | "Read tars" >> beam.ParDo(
             ReadTarImagesFn(settings, archives.Limits(), storage, ticker)
         ).with_outputs(REJECTS, FAILED, main="images")
@@ -417,7 +454,7 @@ def run(config: CxrConfig, beam_args: list[str] | None = None) -> CxrCounts:
     listing = config.tar_patterns or config.image_patterns
     sizes = runner.listed_sizes(listing) if runner.is_local_runner(options) else {}
     estimate = sum(sizes.values()) / 1.5e6 if config.tar_patterns else len(sizes)  # ~1.5 MB per image
-    plan = runner.LocalPlan(lambda: COST.seconds(int(estimate)))
+    plan = local_plan(COST.seconds(int(estimate)))
     files.delete_tree(config.spill_dir)  # what a failed run left
     result = runner.run_job(
         lambda p, tickers: build(p, config, tickers["images"]),

@@ -95,6 +95,18 @@ def runs_in_one_local_worker(options: PipelineOptions) -> bool:
     return is_local_runner(options) and mode == "in_memory" and (direct.direct_num_workers or 1) <= 1
 
 
+def local_workers(options: PipelineOptions) -> int | None:
+    """How many workers the local runner deals each stage's elements to (statically: round-robin), or None
+    on a runner that balances work itself (a cluster's)."""
+    if not is_local_runner(options):
+        return None
+    direct = options.view_as(DirectOptions)
+    if (direct.direct_running_mode or "in_memory") == "in_memory":
+        return 1
+    workers = direct.direct_num_workers or 1
+    return os.cpu_count() or 1 if workers == 0 else workers
+
+
 def local_beam_args(
     beam_args: list[str], parallel: bool, workers: int | None = None, mode: str = "multi_processing"
 ) -> list[str]:

@@ -101,10 +101,10 @@ def _image_reject(uri: str, stage: str, exc: Exception) -> TaggedOutput:
 
 
 class ReadTarImagesFn(beam.DoFn):
-    """(tar path, size[, part, parts]) → (key, image) for each member (of that part: a window of the tar,
-    `archives.tar_windows`; how many parts: `archives.tar_parts`), streamed one at a time; rejects for the
-    rest. A part's failure is reported by the part it happened in (`archives.window_owns`), once;
-    `archives_in` is counted by part 0."""
+    """(tar path, size[, window]) → (key, image) for each member (of that window of the tar: its part,
+    `archives.tar_windows` / `archives.deal_tars`), streamed one at a time; rejects for the rest. A part's
+    failure is reported by the part it happened in (`archives.window_owns`), once; `archives_in` is counted
+    by the part that starts the tar."""
 
     def __init__(self, settings: ImageSettings, limits: archives.Limits, storage: files.Storage,
                  ticker: ProgressTicker | None = None):  # fmt: skip
@@ -113,9 +113,9 @@ class ReadTarImagesFn(beam.DoFn):
 
     def process(self, element: tuple[Any, ...]) -> Iterator[Any]:
         archive, size = element[0], element[1]
-        part, parts = (element[2], element[3]) if len(element) == 4 else (0, 1)
-        window = archives.tar_windows(size, parts)[part] if parts > 1 else None
-        if part == 0:
+        window = element[2] if len(element) > 2 else None
+        first = window is None or window[0] == 0
+        if first:
             count("archives_in")
         reached = False
         try:
@@ -138,7 +138,7 @@ class ReadTarImagesFn(beam.DoFn):
             uri = member_uri(archive, failure.member) if failure.member else archive
             yield TaggedOutput(REJECTS, reject(uri, failure.error.stage, failure.error))
         except Exception as exc:  # noqa: BLE001 - e.g. unreadable: this archive's reject, the run goes on
-            if part == 0 or reached:  # before its window, a later part met what part 0 reports
+            if first or reached:  # before its window, a later part met what the first part reports
                 count("archives_rejected")
                 yield TaggedOutput(REJECTS, reject(archive, "open", exc))
 
