@@ -48,7 +48,10 @@ to one core (`os.sched_setaffinity`; `--core auto`, the default, takes the idles
 starts) with OMP/MKL/OpenBLAS/TF intra- and inter-op threads at 1 and `torch.set_num_threads(1)`, the same
 for both variants; onnxruntime sessions get intra- and inter-op 1 thread too (`single_thread_onnxruntime`:
 its default pool pins a thread to every core, past the affinity mask). Per batch size,
-an untimed warm-up predicts one batch of B (first-call costs of torch / TensorFlow / onnxruntime), then the
+an untimed warm-up predicts one batch of B (first-call costs of torch / TensorFlow / onnxruntime) and runs
+each variant once whole (`--warm-runs`, untimed: the first run in a fresh process is the fastest, whichever
+variant it is: seen, efficientnet-lite0 at B = 1: the loop 4.1 s when it ran first, 6.8 s when it ran after
+two medbeam runs of 6.2-6.4 s; so without it the loop, first in line, got the fresh process), then the
 variants alternate (loop, medbeam, medbeam, loop, …) `--repeat` times and the best of each counts, each run
 after an untimed `gc.collect()` (the models loaded by earlier runs are reference cycles, and whichever run
 set off the full collection that freed them paid for it: medbeam more often, building a pipeline allocating
@@ -395,10 +398,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     load_s = time.perf_counter() - t0
     variants = {"loop": plain_loop, "medbeam": medbeam_run}
 
-    def alternate(shards: list[str], batch: int) -> dict[str, Any]:
+    def alternate(shards: list[str], batch: int, warm_runs: int = 0) -> dict[str, Any]:
         times: dict[str, list[float]] = {"loop": [], "medbeam": []}
         cpus: dict[str, list[float]] = {"loop": [], "medbeam": []}
         details: dict[str, Any] = {}
+        for _ in range(warm_runs):  # untimed: neither variant gets the process's fresh state (see the docstring)
+            for name in ("loop", "medbeam"):
+                out = Path(tempfile.mkdtemp(prefix=f"bench-infer-warm-{name}-"))
+                gc.collect()
+                variants[name](shards, model, mode, batch, out)
+                shutil.rmtree(out)
         for r in range(repeat):
             for name in ("loop", "medbeam") if r % 2 == 0 else ("medbeam", "loop"):
                 out = Path(tempfile.mkdtemp(prefix=f"bench-infer-{name}-"))
@@ -418,7 +427,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     results = {}
     for batch in spec["batch_sizes"]:
         warm.predict(np.zeros((batch, *IMAGE_SHAPE, 1), np.float32))  # first-call costs at this batch shape
-        results[str(batch)] = alternate(spec["shards"], batch)
+        results[str(batch)] = alternate(spec["shards"], batch, spec.get("warm_runs", 1))
     fixed = alternate(spec["one_shard"], 1)
     return {"batches": results, "fixed": fixed, "load_s": load_s, "threads": threads}
 
@@ -441,6 +450,8 @@ def main() -> int:
     parser.add_argument("--records", type=int, help="records per run for the CNNs (default 512; --quick 48)")
     parser.add_argument("--embed-records", type=int, help="records per run for efficientnet (default 128; --quick 8)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant, the best counts (default 2)")
+    parser.add_argument("--warm-runs", type=int, default=1,
+                        help="untimed whole runs of each variant before the timed ones, per batch size (default 1)")
     parser.add_argument("--batch-sizes", default="1,8,32")
     parser.add_argument("--models", default="embed,keras,onnx", help=f"some of {','.join(MODELS)}")
     parser.add_argument("--core", default="auto", help="the core each model's process is pinned to (auto: the idlest)")
@@ -480,7 +491,7 @@ def main() -> int:
         kind = "embed" if name == "embed" else "cnn"
         t0 = time.perf_counter()
         r = measure({"shards": shards[kind], "one_shard": one_shard, "model": model, "mode": mode,
-                     "batch_sizes": batch_sizes, "repeat": args.repeat,
+                     "batch_sizes": batch_sizes, "repeat": args.repeat, "warm_runs": args.warm_runs,
                      "core": None if args.core == "auto" else int(args.core)})  # fmt: skip
         r["n"] = counts[kind]
         results[name] = r

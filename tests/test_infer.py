@@ -129,6 +129,23 @@ def test_predictions_equal_the_model_called_directly(models, records, model_file
         np.testing.assert_allclose(got[patient], want[patient], atol=1e-5)
 
 
+def test_two_workers_give_the_rows_of_one(models, records, tmp_path):
+    """Spread over 2 workers (the shards, then the records, each through a GroupByKey), as on a cluster; on
+    one in-memory worker the job skips both spreads: the same rows either way."""
+    root, keras_model = models
+    shards, images = records
+    config = InferConfig(
+        inputs=[str(shards / "cxr-*.tfrecord")], model=str(root / "m.onnx"), plugin="mimic-cxr", batch_size=4,
+        duckdb_path=str(tmp_path / "p.duckdb"), progress=False,
+    )  # fmt: skip
+    counts = run(config, ["--direct_running_mode=multi_threading", "--direct_num_workers=2"])
+    assert (counts.records_in, counts.rows_written, counts.rejected) == (N, N, 0)
+    got, want = _predictions(tmp_path / "p.duckdb"), _expected(keras_model, images)
+    assert got.keys() == want.keys()
+    for patient in want:
+        np.testing.assert_allclose(got[patient], want[patient], atol=1e-5)
+
+
 def test_a_corrupt_record_and_a_wrong_shape_image_are_rejects(models, records, tmp_path):
     root, keras_model = models
     shards, images = records

@@ -142,18 +142,16 @@ def table_schema(config: InferConfig, plugin: Any) -> pa.Schema:
 def build(p: beam.Pipeline, config: InferConfig, plugin: Any, shards: list[str]) -> None:
     """Wire infer/embed into `p` over the listed `shards`."""
     # Two spreads, each one GroupByKey on a unique key (a Reshuffle is five steps, and pickles a timestamp
-    # wrapper around every element): the shards over the workers that read them, then their records.
-    records = (
-        p
-        | "Shards" >> beam.Impulse()
-        | "List shards" >> beam.ParDo(ListShardsFn(shards))
-        | "Spread shards" >> beam.GroupByKey()
-        | "Read records" >> beam.ParDo(ReadRecordsFn()).with_outputs(REJECTS, main="records")
-    )
-    prepared = (
-        records.records
-        | "Spread records" >> beam.GroupByKey()
-        | "Plugin input" >> beam.ParDo(PrepareFn(plugin)).with_outputs(REJECTS, main="inputs")
+    # wrapper around every element): the shards over the workers that read them, then their records. On one
+    # in-memory worker there is nothing to spread over: each would only encode, group and decode every record.
+    spread = not runner.runs_in_one_local_worker(p.options)
+    listed = p | "Shards" >> beam.Impulse() | "List shards" >> beam.ParDo(ListShardsFn(shards))
+    if spread:
+        listed = listed | "Spread shards" >> beam.GroupByKey()
+    records = listed | "Read records" >> beam.ParDo(ReadRecordsFn(grouped=spread)).with_outputs(REJECTS, main="records")
+    keyed = records.records | "Spread records" >> beam.GroupByKey() if spread else records.records
+    prepared = keyed | "Plugin input" >> beam.ParDo(PrepareFn(plugin, grouped=spread)).with_outputs(
+        REJECTS, main="inputs"
     )
     handler = KeyedModelHandler(ArrayModelHandler(config.spec, config.batch_size, config.large_model))
     main, dead = prepared.inputs | "RunInference" >> RunInference(handler).with_exception_handling()

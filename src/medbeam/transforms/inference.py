@@ -160,10 +160,10 @@ class PrepareFn(beam.DoFn):
 
     It takes the spreading GroupByKey's output as it is (a uri is one record's key, so its group holds that
     record): no Reshuffle around it (its five steps per element, and the pickled timestamp wrapper
-    it puts on every record)."""
+    it puts on every record). Unspread (`grouped=False`, one in-memory worker): (record uri, Example)."""
 
-    def __init__(self, plugin: Any):
-        self._plugin = plugin
+    def __init__(self, plugin: Any, grouped: bool = True):
+        self._plugin, self._grouped = plugin, grouped
 
     def start_bundle(self) -> None:
         self._records = 0
@@ -171,9 +171,9 @@ class PrepareFn(beam.DoFn):
     def finish_bundle(self) -> None:
         count("records_in", self._records)  # once per bundle, not per record
 
-    def process(self, element: tuple[str, Iterable[bytes]]) -> Iterator[Any]:
+    def process(self, element: tuple[str, Any]) -> Iterator[Any]:
         uri, records = element
-        for data in records:
+        for data in records if self._grouped else (records,):
             self._records += 1
             try:
                 features = tfr.decode_example(data)
@@ -247,12 +247,15 @@ class ReadRecordsFn(beam.DoFn):
     """(shard path, [shard path]) → (record uri, serialized record) for each record, the framing checked.
 
     The uri (shard#record index) is unique, so a GroupByKey on it spreads the records over the workers
-    (what a Reshuffle does, in one step)."""
+    (what a Reshuffle does, in one step). Unspread (`grouped=False`): (shard path, shard path)."""
 
-    def process(self, element: tuple[str, Iterable[str]]) -> Iterator[Any]:
+    def __init__(self, grouped: bool = True):
+        self._grouped = grouped
+
+    def process(self, element: tuple[str, Any]) -> Iterator[Any]:
         from medbeam.io import files
 
-        for path in element[1]:
+        for path in element[1] if self._grouped else (element[1],):
             try:
                 with files.Storage().open(path) as stream:
                     for index, record in enumerate(tfr.iter_records(stream, path)):
