@@ -746,24 +746,18 @@ def main() -> None:
             [],
             worker_rounds,
         ),
-        "job_2w_fixed": Variant(
-            f"  2 processes, first {tiny.images} images only",
-            {"kind": "job", "tars": [str(tiny.gz)], "csvs": [str(tiny.csv)], "beam_args": two,
-             "out": str(runs / "job-2w-fixed")},
-            False,
-            tiny.images,
-            [],
-            worker_rounds,
-        ),
-        "job_2t_fixed": Variant(
-            f"  2 threads, first {tiny.images} images only",
-            {"kind": "job", "tars": [str(tiny.gz)], "csvs": [str(tiny.csv)], "beam_args": two_threads,
-             "out": str(runs / "job-2t-fixed")},
-            False,
-            tiny.images,
-            [],
-            worker_rounds,
-        ),
+        **{
+            f"job_2{key}_fixed": Variant(
+                f"  2 {mode}, first {tiny.images} images only",
+                {"kind": "job", "tars": [str(tiny.gz)], "csvs": [str(tiny.csv)], "beam_args": args_,
+                 "out": str(runs / f"job-2{key}-fixed")},  # fmt: skip
+                False,
+                tiny.images,
+                [],
+                worker_rounds,
+            )
+            for key, mode, args_ in (("w", "processes", two), ("t", "threads", two_threads))
+        },
         "job_quarter": Variant(
             f"cxr prepare, 1 worker, {first_tar.name}",
             {
