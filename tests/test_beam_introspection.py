@@ -1,0 +1,102 @@
+"""The per-class memo of Beam's DoFn introspection gives Beam's own answers, and stateful DoFns still run."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.coders import VarIntCoder
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import userstate
+from apache_beam.transforms.timeutil import TimeDomain
+
+from medbeam.pipelines import beam_introspection
+
+
+class _Plain(beam.DoFn):
+    def process(self, element):
+        yield element
+
+
+class _Stateful(beam.DoFn):
+    """Sums the values of each key in state; a watermark timer emits the sum when the window ends."""
+
+    TOTAL = userstate.ReadModifyWriteStateSpec("total", VarIntCoder())
+    FLUSH = userstate.TimerSpec("flush", TimeDomain.WATERMARK)
+
+    def process(
+        self,
+        element,
+        total=beam.DoFn.StateParam(TOTAL),
+        flush=beam.DoFn.TimerParam(FLUSH),
+        window=beam.DoFn.WindowParam,
+    ):
+        total.write((total.read() or 0) + element[1])
+        flush.set(window.end)
+
+    @userstate.on_timer(FLUSH)
+    def emit(self, key=beam.DoFn.KeyParam, total=beam.DoFn.StateParam(TOTAL)):
+        yield key, total.read()
+
+
+class _Holder:
+    def method(self, element):
+        return element
+
+
+def _dofns() -> list[beam.DoFn]:
+    mapped = beam.Map(lambda x: x + 1).fn  # Beam stores the function as the instance's `process`
+    bound = beam.Map(_Holder().method).fn  # ... and here a bound method: never memoised
+    builtin = beam.FlatMap(str.split).fn  # a method descriptor as `process`
+    return [_Plain(), _Stateful(), mapped, bound, builtin]
+
+
+@pytest.mark.parametrize("index", range(5))
+def test_the_memo_gives_beams_answer(index: int) -> None:
+    dofn = _dofns()[index]
+    expected = beam_introspection.beams_get_dofn_specs(dofn)
+    assert beam_introspection.get_dofn_specs(dofn) == expected
+    assert beam_introspection.get_dofn_specs(_dofns()[index]) == expected  # another instance: from the memo
+
+
+def test_the_memo_keys_on_the_class_and_hands_out_fresh_sets() -> None:
+    states, timers = beam_introspection.get_dofn_specs(_Stateful())
+    assert {spec.name for spec in states} == {"total"} and "flush" in str([spec.name for spec in timers])
+    states.clear()
+    again, _ = beam_introspection.get_dofn_specs(_Stateful())
+    assert {spec.name for spec in again} == {"total"}
+    assert beam_introspection.get_dofn_specs(_Plain()) == (set(), set())
+
+
+def test_a_bound_method_on_the_instance_is_never_memoised() -> None:
+    dofn = _Plain()
+    dofn.process = _Holder().method  # the instance, not its class, decides what get_dofn_specs inspects
+    assert beam_introspection.get_dofn_specs(dofn) == beam_introspection.beams_get_dofn_specs(dofn)
+    assert (type(dofn), frozenset({"process"})) not in beam_introspection.memo()
+
+
+def test_duplicate_parameters_are_still_refused() -> None:
+    class Twice(beam.DoFn):
+        def process(self, element, a=beam.DoFn.WindowParam, b=beam.DoFn.WindowParam):
+            yield element
+
+    with pytest.raises(ValueError, match="duplicate"):
+        beam_introspection.get_dofn_specs(Twice())
+
+
+def test_stateful_pipelines_run_with_the_memo_installed() -> None:
+    beam_introspection.install()
+    assert userstate.get_dofn_specs is beam_introspection.get_dofn_specs
+    with beam.Pipeline("FnApiRunner") as p:
+        sums = p | beam.Create([("a", 1), ("b", 2), ("a", 3)]) | beam.ParDo(_Stateful())
+        assert_that(sums, equal_to([("a", 4), ("b", 2)]))
+        batches = (
+            p
+            | "More" >> beam.Create([("k", i) for i in range(5)])
+            | beam.GroupIntoBatches(2)
+            | beam.MapTuple(lambda key, values: (key, sorted(values)))
+        )
+        assert_that(
+            batches | beam.Map(lambda kv: len(kv[1])) | beam.combiners.ToList() | beam.Map(sorted),
+            equal_to([[1, 2, 2]]),
+            label="batches",
+        )
