@@ -5,9 +5,12 @@ same work with the same loaded model (run by hand; it is not a test: ratios agai
     .venv/bin/python -m benchmarks.bench_infer [--quick] [--records N] [--embed-records N]
         [--repeat R] [--batch-sizes 1,8,32] [--models embed,keras,onnx] [--core auto|K] [--out bench-out/infer]
 
-Default: 512 records for the two CNNs, 128 for efficientnet-lite0 (≈ 0.1 s per image on one core: 512 would
-take ≈ 10 min), batch sizes 1, 8, 32, best of 2: ≈ 5-8 min on the 2-core machine, plus ≈ 30 s the first time
-to make the records. `--quick`: 48 and 8 records: ≈ 1-2 min (more when the machine is busy).
+Default: 512 records for the two toy CNNs, 128 for the Keras MobileNetV2 (≈ 0.27 s per image at B = 1: Keras 3
+calls the model op by op), 1,024 for its ONNX export (≈ 5 ms per image), 128 for efficientnet-lite0 (≈ 30 ms
+per image at B = 1), so that a run of the loop lasts a few seconds at least and the fixed cost of a run is a
+few per cent of it, as in a batch job; batch sizes 1, 8, 32, best of 2: ≈ 15 min on the 2-core machine, plus
+≈ 1 min the first time to make the records and models. `--quick`: 48, 16, 64 and 8 records: ≈ 3 min (more
+when the machine is busy).
 
 Records (cached under `--out`, made once): synthetic MIMIC-CXR 2019 studies
 (`medbeam.datasets.cxr_synthetic.write_mimic_cxr_2019`, 512 × 420 JPGs) through `medbeam cxr prepare`
@@ -25,6 +28,11 @@ Models:
   → 14 logits on 224 × 224 × 1), saved as `.keras`.
 * **predict, ONNX CNN**: its PyTorch twin with the same weights, exported with `torch.onnx.export(...,
   dynamo=False)` as `.onnx` (its logits are checked equal to the Keras model's when it is made).
+* **predict, Keras / ONNX MobileNetV2**: a small classifier of the size people train: Keras's MobileNetV2
+  (width 0.35, 0.43 M parameters, random weights, nothing downloaded) on 224 × 224 × 1 → 14 logits, as
+  `.keras`, and the same network exported by Keras to ONNX (`model.export(format="onnx")`, tf2onnx; logits
+  checked equal). The two toy CNNs above cost 0.4-3 ms per image, less than decoding the record; they show
+  the pipeline's own per-image and per-run cost, which a model of this size hides.
 
 Rows, for each model and batch size B (images/s over the N records, and the ratio medbeam / plain loop):
 
@@ -103,7 +111,11 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "embed": ("embed", "efficientnet-lite0", "embed  efficientnet-lite0"),
     "keras": ("predict", "cxr-cnn.keras", "predict Keras CNN (.keras)"),
     "onnx": ("predict", "cxr-cnn.onnx", "predict ONNX CNN (twin)"),
+    "keras-mnv2": ("predict", "cxr-mobilenetv2.keras", "predict Keras MobileNetV2"),
+    "onnx-mnv2": ("predict", "cxr-mobilenetv2.onnx", "predict ONNX MobileNetV2"),
 }
+#: MobileNetV2's width multiplier for the "small classifier of a realistic size" (0.43 M parameters)
+MOBILENET_ALPHA = 0.35
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -178,9 +190,10 @@ def make_prepared(directory: Path, patients: int) -> list[bytes]:
 
 
 def ensure_models(models_dir: Path) -> None:
-    """The small CNN as .keras and its PyTorch twin as .onnx (made once; their logits checked equal)."""
-    keras_path, onnx_path = models_dir / "cxr-cnn.keras", models_dir / "cxr-cnn.onnx"
-    if keras_path.exists() and onnx_path.exists():
+    """The small CNN as .keras and its PyTorch twin as .onnx, MobileNetV2 as .keras and its ONNX export (made
+    once; each pair's logits checked equal)."""
+    made = ("cxr-cnn.keras", "cxr-cnn.onnx", "cxr-mobilenetv2.keras", "cxr-mobilenetv2.onnx")
+    if all((models_dir / name).exists() for name in made):
         return
     models_dir.mkdir(parents=True, exist_ok=True)
     subprocess.run([sys.executable, "-m", __spec__.name, "--_make_models", str(models_dir)],
@@ -236,6 +249,27 @@ def make_models(models_dir: Path) -> None:
     diff = float(np.abs(np.asarray(model(batch)) - twin_out).max())
     if diff > TOLERANCE:
         sys.exit(f"the PyTorch twin differs from the Keras model by {diff}")
+    make_mobilenet(models_dir, batch)
+
+
+def make_mobilenet(models_dir: Path, batch: Any) -> None:
+    """Keras's MobileNetV2 (random weights: nothing downloaded) on the records' 224 × 224 × 1, 14 logits,
+    and the same network exported to ONNX by Keras (`model.export(format="onnx")`, tf2onnx)."""
+    import keras
+    import numpy as np
+    import onnxruntime as ort
+
+    keras.utils.set_random_seed(SEED % 2**31)
+    model = keras.applications.MobileNetV2(input_shape=(*IMAGE_SHAPE, 1), alpha=MOBILENET_ALPHA, weights=None,
+                                           classes=14, classifier_activation=None)  # fmt: skip
+    expected = np.asarray(model(batch, training=False))  # also builds it: export needs a called model
+    model.save(models_dir / "cxr-mobilenetv2.keras")
+    model.export(str(models_dir / "cxr-mobilenetv2.onnx"), format="onnx", verbose=False)
+    session = ort.InferenceSession(str(models_dir / "cxr-mobilenetv2.onnx"))
+    exported = session.run(None, {session.get_inputs()[0].name: batch})[0]
+    diff = float(np.abs(expected - exported).max())
+    if diff > TOLERANCE:
+        sys.exit(f"the ONNX export of MobileNetV2 differs from the Keras model by {diff}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -449,11 +483,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="48 records (8 for efficientnet): ≈ 1-2 min")
     parser.add_argument("--records", type=int, help="records per run for the CNNs (default 512; --quick 48)")
     parser.add_argument("--embed-records", type=int, help="records per run for efficientnet (default 128; --quick 8)")
+    parser.add_argument("--mobilenet-records", type=int,
+                        help="records per run for the Keras MobileNetV2 (default 128; --quick 16)")
+    parser.add_argument("--mobilenet-onnx-records", type=int,
+                        help="records per run for the ONNX MobileNetV2 (default 1024; --quick 64)")
     parser.add_argument("--repeat", type=int, default=2, help="runs of each variant, the best counts (default 2)")
     parser.add_argument("--warm-runs", type=int, default=1,
                         help="untimed whole runs of each variant before the timed ones, per batch size (default 1)")
     parser.add_argument("--batch-sizes", default="1,8,32")
-    parser.add_argument("--models", default="embed,keras,onnx", help=f"some of {','.join(MODELS)}")
+    parser.add_argument("--models", default=",".join(MODELS), help=f"some of {','.join(MODELS)}")
     parser.add_argument("--core", default="auto", help="the core each model's process is pinned to (auto: the idlest)")
     parser.add_argument("--out", type=Path, default=Path("bench-out/infer"))
     parser.add_argument("--_child", help=argparse.SUPPRESS)
@@ -468,7 +506,9 @@ def main() -> int:
 
     started = time.perf_counter()
     counts = {"cnn": args.records or (48 if args.quick else 512),
-              "embed": args.embed_records or (8 if args.quick else 128)}  # fmt: skip
+              "embed": args.embed_records or (8 if args.quick else 128),
+              "mnv2-keras": args.mobilenet_records or (16 if args.quick else 128),
+              "mnv2-onnx": args.mobilenet_onnx_records or (64 if args.quick else 1024)}  # fmt: skip
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     names = [m.strip() for m in args.models.split(",")]
     unknown = [m for m in names if m not in MODELS]
@@ -479,7 +519,9 @@ def main() -> int:
     one_shard = ensure_records(out, 1)
     ensure_models(out / "models")
     size = sum(os.path.getsize(s) for s in shards["cnn"]) / counts["cnn"]
-    print(f"records: {counts['cnn']} for the CNNs, {counts['embed']} for efficientnet-lite0 (the first of the same), "
+    print(f"records: {counts['cnn']} for the CNNs, {counts['mnv2-keras']} / {counts['mnv2-onnx']} for the Keras / "
+          f"ONNX MobileNetV2, {counts['embed']} for "
+          f"efficientnet-lite0 (the first of the same), "
           f"{IMAGE_SHAPE[0]}×{IMAGE_SHAPE[1]} grey JPG, {size / 1024:.1f} kB each; batch sizes {batch_sizes}; "
           f"best of {args.repeat}; model load in both variants' time, imports not; the loop writes one Parquet "
           f"file, medbeam its table + rejects table", flush=True)  # fmt: skip
@@ -488,7 +530,7 @@ def main() -> int:
     for name in names:
         mode, model_file, label = MODELS[name]
         model = model_file if model_file == "efficientnet-lite0" else str(out / "models" / model_file)
-        kind = "embed" if name == "embed" else "cnn"
+        kind = "embed" if name == "embed" else f"mnv2-{name[:-5]}" if name.endswith("-mnv2") else "cnn"
         t0 = time.perf_counter()
         r = measure({"shards": shards[kind], "one_shard": one_shard, "model": model, "mode": mode,
                      "batch_sizes": batch_sizes, "repeat": args.repeat, "warm_runs": args.warm_runs,
