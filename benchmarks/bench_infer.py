@@ -2,8 +2,9 @@
 """Benchmark: `medbeam infer` / `medbeam embed` on one DirectRunner worker against a plain Python loop doing the
 same work with the same loaded model (run by hand; it is not a test: ratios against a baseline in the same run).
 
-    .venv/bin/python -m benchmarks.bench_infer [--quick] [--records N] [--embed-records N]
-        [--repeat R] [--batch-sizes 1,8,32] [--models embed,keras,onnx] [--core auto|K] [--out bench-out/infer]
+    .venv/bin/python -m benchmarks.bench_infer [--quick] [--records N] [--embed-records N] [--mobilenet-records N]
+        [--mobilenet-onnx-records N] [--repeat R] [--batch-sizes 1,8,32] [--models embed,keras,onnx,keras-mnv2,onnx-mnv2]
+        [--core auto|K] [--out bench-out/infer]
 
 Default: 512 records for the two toy CNNs, 128 for the Keras MobileNetV2 (≈ 0.27 s per image at B = 1: Keras 3
 calls the model op by op), 1,024 for its ONNX export (≈ 5 ms per image), 128 for efficientnet-lite0 (≈ 30 ms
@@ -106,13 +107,13 @@ THREAD_ENV = {
 }
 #: (wall seconds, CPU seconds of the process, details) of one timed run
 Timed = tuple[float, float, dict[str, Any]]
-#: name → (InferConfig mode, model file name under models/ or the built-in name, label)
-MODELS: dict[str, tuple[str, str, str]] = {
-    "embed": ("embed", "efficientnet-lite0", "embed  efficientnet-lite0"),
-    "keras": ("predict", "cxr-cnn.keras", "predict Keras CNN (.keras)"),
-    "onnx": ("predict", "cxr-cnn.onnx", "predict ONNX CNN (twin)"),
-    "keras-mnv2": ("predict", "cxr-mobilenetv2.keras", "predict Keras MobileNetV2"),
-    "onnx-mnv2": ("predict", "cxr-mobilenetv2.onnx", "predict ONNX MobileNetV2"),
+#: name → (InferConfig mode, model file name under models/ or the built-in name, label, its record count's name)
+MODELS: dict[str, tuple[str, str, str, str]] = {
+    "embed": ("embed", "efficientnet-lite0", "embed  efficientnet-lite0", "embed"),
+    "keras": ("predict", "cxr-cnn.keras", "predict Keras CNN (.keras)", "cnn"),
+    "onnx": ("predict", "cxr-cnn.onnx", "predict ONNX CNN (twin)", "cnn"),
+    "keras-mnv2": ("predict", "cxr-mobilenetv2.keras", "predict Keras MobileNetV2", "mnv2-keras"),
+    "onnx-mnv2": ("predict", "cxr-mobilenetv2.onnx", "predict ONNX MobileNetV2", "mnv2-onnx"),
 }
 #: MobileNetV2's width multiplier for the "small classifier of a realistic size" (0.43 M parameters)
 MOBILENET_ALPHA = 0.35
@@ -480,7 +481,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="48 records (8 for efficientnet): ≈ 1-2 min")
+    parser.add_argument("--quick", action="store_true",
+                        help="48 records for the CNNs, 16 / 64 for MobileNetV2, 8 for efficientnet: ≈ 3 min")
     parser.add_argument("--records", type=int, help="records per run for the CNNs (default 512; --quick 48)")
     parser.add_argument("--embed-records", type=int, help="records per run for efficientnet (default 128; --quick 8)")
     parser.add_argument("--mobilenet-records", type=int,
@@ -528,9 +530,8 @@ def main() -> int:
 
     results: dict[str, dict[str, Any]] = {}
     for name in names:
-        mode, model_file, label = MODELS[name]
+        mode, model_file, label, kind = MODELS[name]
         model = model_file if model_file == "efficientnet-lite0" else str(out / "models" / model_file)
-        kind = "embed" if name == "embed" else f"mnv2-{name[:-5]}" if name.endswith("-mnv2") else "cnn"
         t0 = time.perf_counter()
         r = measure({"shards": shards[kind], "one_shard": one_shard, "model": model, "mode": mode,
                      "batch_sizes": batch_sizes, "repeat": args.repeat, "warm_runs": args.warm_runs,

@@ -19,7 +19,6 @@ pipeline run).
 
 from __future__ import annotations
 
-import threading
 import types
 from typing import Any
 
@@ -27,7 +26,6 @@ from apache_beam.transforms import userstate
 
 beams_get_dofn_specs = userstate.get_dofn_specs
 _memo: dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]] = {}
-_lock = threading.Lock()
 
 
 def _memo_key(dofn: Any) -> tuple[type, frozenset[str]] | None:
@@ -53,9 +51,7 @@ def get_dofn_specs(dofn: Any) -> tuple[set, set]:
     found = _memo.get(key)
     if found is None:
         states, timers = beams_get_dofn_specs(dofn)  # raises as Beam would (duplicate parameters) and memoises nothing
-        found = (frozenset(states), frozenset(timers))
-        with _lock:
-            _memo.setdefault(key, found)
+        found = _memo.setdefault(key, (frozenset(states), frozenset(timers)))  # atomic: threads may race here
     return set(found[0]), set(found[1])
 
 
