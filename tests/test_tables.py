@@ -96,3 +96,23 @@ def test_packed_rows_give_the_same_parquet_bytes_as_the_rows(tmp_path):
     unpacked = tables._packed_parquet_bytes  # noqa: SLF001 - what a shard's write does
     assert unpacked(packed, schema) == tables.parquet_bytes(rows, schema)
     assert unpacked([], schema) == tables.parquet_bytes([], schema)
+
+
+def test_rows_travel_in_chunks_and_land_in_the_same_shards_as_one_by_one(tmp_path, monkeypatch):
+    """Chunks (io.sharded) are split by shard before the shuffle: the files are those of item-by-item
+    travel, whether chunks are full (items or bytes) or flushed at the bundle's end."""
+    from medbeam.io import sharded
+
+    static_rows = [{"uri": f"u{i:03d}", "n": i} for i in range(200)]
+    computed_rows = [{"path": f"p{i}", "size": i} for i in range(7)]
+    snapshots = []
+    big = sharded.CHUNK_BYTES
+    for items, limit in ((1, big), (13, big), (10_000, big), (10_000, 64)):
+        monkeypatch.setattr(sharded, "CHUNK_ITEMS", items)
+        monkeypatch.setattr(sharded, "CHUNK_BYTES", limit)
+        out = tmp_path / f"{items}-{limit}"
+        _write(out, static_rows, computed_rows, rows_per_shard=30)
+        assert tables.read_manifest(str(out), "static")["rows"] == 200
+        assert sorted(tables.read_table(str(out), "static").column("n").to_pylist()) == list(range(200))
+        snapshots.append({name: data.replace(str(out).encode(), b"OUT") for name, data in _snapshot(out).items()})
+    assert len(snapshots[0]) > 3 and all(s == snapshots[0] for s in snapshots[1:])

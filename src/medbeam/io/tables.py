@@ -166,6 +166,9 @@ class _ParquetTables(ShardFormat):
     def measure(self, row: dict[str, Any]) -> int:
         return 1
 
+    def chunk_bytes(self, packed: tuple[str, Any, bytes]) -> int:
+        return len(packed[2])
+
     def shard_count(self, name: str, size: int) -> int:
         return _num_shards(size, self._rows_per_shard)
 

@@ -409,6 +409,9 @@ class _TfrecordShards(ShardFormat):
     def measure(self, record: tuple[str, bytes]) -> int:
         return _payload_size(record[1])
 
+    def chunk_bytes(self, record: tuple[str, bytes]) -> int:
+        return _payload_size(record[1])
+
     def shard_count(self, _: str, size: int) -> int:
         return self._num_shards if self._num_shards is not None else auto_num_shards(size, self._target)
 
