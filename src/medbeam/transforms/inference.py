@@ -93,6 +93,14 @@ def _describe(shape: Sequence[Any]) -> str:
     return " × ".join("any" if d is None else str(d) for d in shape)
 
 
+def _stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """The batch array. One writable element: a view with a batch axis, not a copy (what B = 1 would pay
+    on every image); a read-only one (decoded from a shuffle) is copied, as runtimes may write to it."""
+    if len(arrays) == 1 and arrays[0].flags.writeable:
+        return arrays[0][None]
+    return np.stack(arrays)
+
+
 class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
     """H × W × C float32 arrays → one model output each, for any format medbeam.models.runtimes loads."""
 
@@ -121,7 +129,7 @@ class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
             groups.setdefault(batch[index].shape, []).append(index)
         for indices in groups.values():
             try:
-                result = model.predict(np.stack([np.asarray(batch[i]) for i in indices]))
+                result = model.predict(_stacked([np.asarray(batch[i]) for i in indices]))
                 if len(result) != len(indices):
                     raise ValueError(f"the model gave {len(result)} outputs for {len(indices)} inputs")
                 for i, out in zip(indices, result, strict=True):
@@ -141,7 +149,8 @@ class ArrayModelHandler(ModelHandler[np.ndarray, Any, runtimes.LoadedModel]):
         return sum(int(getattr(element, "nbytes", 0)) for element in batch)
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
-        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size}
+        # A fixed size: BatchElements' timing metrics (two distributions a batch) would only say so.
+        return {"min_batch_size": self._batch_size, "max_batch_size": self._batch_size, "record_metrics": False}
 
     def share_model_across_processes(self) -> bool:
         return self._large
