@@ -100,3 +100,55 @@ def test_stateful_pipelines_run_with_the_memo_installed() -> None:
             equal_to([[1, 2, 2]]),
             label="batches",
         )
+
+
+def _scaled(element, factor=2, *, offset: int = 0):
+    return element * factor + offset
+
+
+class _YieldsAndReturns(beam.DoFn):
+    def process(self, element):
+        if element:
+            return [element]
+        yield element
+
+
+def test_signatures_are_beams_and_follow_a_changed_function() -> None:
+    from apache_beam.typehints import decorators
+
+    beam_introspection.install()
+    plain = _Plain()
+    for func in (_scaled, plain.process, _Plain().process, lambda x, y=1: x):
+        assert beam_introspection.get_signature(func) == beam_introspection.beams_get_signature(func)
+    assert beam_introspection.get_signature(plain.process) is beam_introspection.get_signature(_Plain().process)
+    assert list(beam_introspection.get_signature(plain.process).parameters) == ["element"]  # bound: no self
+    before = decorators.get_signature(_scaled)
+    assert decorators.get_signature(_scaled) is before  # the installed memo
+    original = _scaled.__defaults__
+    try:
+        _scaled.__defaults__ = (3,)
+        after = decorators.get_signature(_scaled)
+        assert after.parameters["factor"].default == 3 and after == beam_introspection.beams_get_signature(_scaled)
+    finally:
+        _scaled.__defaults__ = original
+
+
+def test_wrapped_functions_and_callables_keep_beams_own_lookup() -> None:
+    import functools
+
+    @functools.wraps(_scaled)
+    def wrapper(*args, **kwargs):
+        return _scaled(*args, **kwargs)
+
+    partial = functools.partial(_scaled, factor=5)
+    for func in (wrapper, partial, len, str.upper):
+        assert beam_introspection.get_signature(func) == beam_introspection.beams_get_signature(func)
+    assert wrapper not in beam_introspection._signatures  # noqa: SLF001 - what is memoised
+
+
+def test_the_yield_and_return_check_is_beams() -> None:
+    for fn in (_YieldsAndReturns().process, _Plain().process, _scaled):
+        expected = beam_introspection.beams_check_fn_use_yield_and_return(fn)
+        assert beam_introspection.check_fn_use_yield_and_return(fn) is expected
+        assert beam_introspection.check_fn_use_yield_and_return(fn) is expected  # memoised
+    assert beam_introspection.check_fn_use_yield_and_return(_YieldsAndReturns().process) is True

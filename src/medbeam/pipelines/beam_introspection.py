@@ -15,16 +15,36 @@ looked up once per (class, shadowed names) and handed out as fresh sets, so a ca
 changes nothing shared. Beam's own function is what computes every answer, so the result is the same by
 construction (tests/test_beam_introspection.py checks it on stateful, timer and plain DoFns, and on a stateful
 pipeline run).
+
+Two more of Beam's per-run introspections are memoised the same way, each by what alone decides it:
+
+* `typehints.decorators.get_signature` (`inspect.signature` with Beam's fallbacks): ~650 calls a run (every
+  DoFn method's arguments, at construction, serialisation and again for each unpickled copy), of ~150
+  functions. Memoised per plain function (a bound method: per its function, bound), while the function's
+  code, defaults and annotations are the objects they were; never for a function that carries its own
+  `__signature__` or `__wrapped__`, nor for builtins, partials or callable objects.
+* `core._check_fn_use_yield_and_return` (ParDo's constructor reads each `process` method's source with
+  `inspect.getsourcelines` to warn when it both yields and returns): per code object. Its warnings are
+  given the first time only.
+
+Memos are weak: a function, or code, that is gone (a lambda of an earlier run) leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import inspect
 import types
+import weakref
 from typing import Any
 
-from apache_beam.transforms import userstate
+from apache_beam.transforms import core, ptransform, userstate, util
+from apache_beam.typehints import decorators
 
 beams_get_dofn_specs = userstate.get_dofn_specs
+beams_get_signature = decorators.get_signature
+beams_check_fn_use_yield_and_return = core._check_fn_use_yield_and_return  # noqa: SLF001 - replaced by a memo
+#: modules that call get_signature through a name of their own (imported from decorators)
+_SIGNATURE_USERS = (decorators, core, ptransform, util)
 _memo: dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]] = {}
 
 
@@ -55,12 +75,57 @@ def get_dofn_specs(dofn: Any) -> tuple[set, set]:
     return set(found[0]), set(found[1])
 
 
+_signatures: weakref.WeakKeyDictionary[Any, tuple[tuple, inspect.Signature]] = weakref.WeakKeyDictionary()
+_bound_signatures: weakref.WeakKeyDictionary[Any, tuple[tuple, inspect.Signature]] = weakref.WeakKeyDictionary()
+_yield_and_return: weakref.WeakKeyDictionary[types.CodeType, bool] = weakref.WeakKeyDictionary()
+
+
+def _what_decides(function: types.FunctionType) -> tuple | None:
+    """The objects a function's signature is made of (compared by identity); None: not memoisable."""
+    if "__signature__" in function.__dict__ or "__wrapped__" in function.__dict__:
+        return None
+    return function.__code__, function.__defaults__, function.__kwdefaults__, function.__annotations__
+
+
+def get_signature(func: Any) -> inspect.Signature:
+    """Beam's `get_signature`, once per plain function or bound method's function (see the module's doc)."""
+    if isinstance(func, types.MethodType) and type(func.__func__) is types.FunctionType:
+        function, memo = func.__func__, _bound_signatures
+    elif type(func) is types.FunctionType:
+        function, memo = func, _signatures
+    else:
+        return beams_get_signature(func)
+    decides = _what_decides(function)
+    if decides is None:
+        return beams_get_signature(func)
+    found = memo.get(function)
+    if found is not None and all(a is b for a, b in zip(found[0], decides, strict=True)):
+        return found[1]
+    signature = beams_get_signature(func)
+    memo[function] = (decides, signature)  # Signature objects are immutable: one is shared safely
+    return signature
+
+
+def check_fn_use_yield_and_return(fn: Any) -> bool:
+    """Beam's check of a `process` method's source, once per code object."""
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return beams_check_fn_use_yield_and_return(fn)
+    found = _yield_and_return.get(code)
+    if found is None:
+        found = _yield_and_return[code] = bool(beams_check_fn_use_yield_and_return(fn))
+    return found
+
+
 def install() -> None:
     """Route Beam's lookups through the memo (idempotent). Every Beam caller reaches the function through
     the `userstate` module (its own is_stateful_dofn / validate_stateful_dofn, `userstate.get_dofn_specs`
     elsewhere), except the legacy direct runner's evaluator, which imported it by name; medbeam does not
     use that runner, and it keeps Beam's unmemoised function."""
     userstate.get_dofn_specs = get_dofn_specs
+    for module in _SIGNATURE_USERS:
+        module.get_signature = get_signature
+    core._check_fn_use_yield_and_return = check_fn_use_yield_and_return  # noqa: SLF001
 
 
 def memo() -> dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]]:
