@@ -260,3 +260,47 @@ def test_console_entry_points_and_a_fast_import():
     from medbeam.cli import main
 
     assert callable(main)
+
+
+_ENDING = """
+import atexit, pathlib, sys, threading, time
+out = pathlib.Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+if sys.argv[2] == "thread":
+    def late_write():
+        time.sleep(0.5)
+        (out / "thread").write_text("done")
+    threading.Thread(target=late_write).start()
+sys.argv = ["medbeam", *sys.argv[3:]]
+from medbeam.cli import main
+main()
+"""
+
+
+def test_the_process_ends_as_a_normal_exit_would(tmp_path):
+    """medbeam.cli.end_process skips the interpreter's teardown only: the status, atexit handlers, every
+    byte of stdout through a pipe and a non-daemon thread's work are those of a normal exit."""
+    from medbeam.cli import FULL_SHUTDOWN_ENV
+
+    quick = {**os.environ, "PYTHONPATH": SRC}
+    quick.pop(FULL_SHUTDOWN_ENV, None)
+    full = {**quick, FULL_SHUTDOWN_ENV: "1"}
+
+    def medbeam(env: dict[str, str], thread: str, *args: str) -> subprocess.CompletedProcess:
+        for marker in ("atexit", "thread"):
+            (tmp_path / marker).unlink(missing_ok=True)
+        return subprocess.run(
+            [sys.executable, "-c", _ENDING, str(tmp_path), thread, *args], capture_output=True, text=True, env=env
+        )
+
+    for env in (quick, full):
+        helped = medbeam(env, "none", "dicom", "export", "--help")
+        assert helped.returncode == 0 and "--png-dir" in helped.stdout
+        assert (tmp_path / "atexit").read_text() == "ran"
+        refused = medbeam(env, "none", "dicom", "export", "--bogus")
+        assert refused.returncode == 2 and "unknown option --bogus" in refused.stderr
+        assert (tmp_path / "atexit").read_text() == "ran"
+        waited = medbeam(env, "thread", "--version")
+        assert waited.returncode == 0 and waited.stdout.startswith("medbeam ")
+        assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+    assert medbeam(quick, "none", "dicom", "--help").stdout == medbeam(full, "none", "dicom", "--help").stdout
