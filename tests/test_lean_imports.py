@@ -1,0 +1,119 @@
+"""medbeam.cli.lean_imports: a local command imports Beam without the cloud clients it never uses, and
+changes nothing else: the same outputs, later imports of those clients are ordinary ones, and a command
+that names a cloud location gets Beam's full import."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from pydicom.data import get_testdata_file
+
+from medbeam.cli import lean_imports
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+CLIENTS = ("boto3", "botocore", "google.cloud.storage", "google.cloud.bigquery", "google.api_core", "pymongo")
+
+# In a fresh interpreter: open the window, import Beam, then report what was hidden and what is loaded, and
+# show that the clients and Beam's GCS/S3 filesystems still import (ordinary imports once Beam is in).
+_WINDOW = """
+import json, sys
+from medbeam.cli import lean_imports
+assert lean_imports.defer_unused_clients(["dicom", "export", "-i", "/data/*.dcm", "--png-dir", "out"])
+window = next(f for f in sys.meta_path if isinstance(f, lean_imports.BeamImportWindow))
+import apache_beam
+report = {
+    "window_left": any(isinstance(f, lean_imports.BeamImportWindow) for f in sys.meta_path),
+    "hidden": sorted(set(window.hidden)),
+    "loaded": [m for m in %(clients)r if m in sys.modules],
+    "loader": type(apache_beam.__spec__.loader).__name__,
+}
+import boto3, google.cloud.storage, pymongo
+import apache_beam.io.gcp.gcsfilesystem, apache_beam.io.aws.s3filesystem
+from apache_beam.io.filesystems import FileSystems
+report["schemes"] = sorted({type(FileSystems.get_filesystem(u)).__name__ for u in ("gs://b/x", "s3://b/x")})
+print(json.dumps(report))
+""" % {"clients": CLIENTS}
+
+# The CLI itself, reporting at exit which clients the whole command loaded.
+_CLI = """
+import atexit, json, sys
+report = sys.argv[1]
+atexit.register(lambda: open(report, "w").write(json.dumps([m for m in %(clients)r if m in sys.modules])))
+sys.argv = ["medbeam", *sys.argv[2:]]
+from medbeam.cli import main
+main()
+""" % {"clients": CLIENTS}
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": SRC, **extra}
+    if not extra:
+        env.pop(lean_imports.FULL_IMPORTS_ENV, None)
+    return env
+
+
+def test_beam_starts_without_the_clients_and_they_import_normally_afterwards():
+    result = subprocess.run([sys.executable, "-c", _WINDOW], capture_output=True, text=True, env=_env())
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not report["window_left"]  # it removes itself once Beam is initialised
+    assert report["loaded"] == []
+    for client in ("boto3", "google.cloud", "bson"):  # Beam asked for each and was told it is missing
+        assert any(name == client or name.startswith(client + ".") for name in report["hidden"]), report
+    assert report["loader"] == "SourceFileLoader"  # Beam's resources are read through its own loader
+    assert report["schemes"] == ["GCSFileSystem", "S3FileSystem"]
+    assert "Failed to import" not in result.stderr and "WARNING" not in result.stderr  # Beam's notes silenced
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["dicom", "export", "-i", "gs://bucket/dicom/*.dcm", "--parquet-dir", "out"],
+        ["dicom", "export", "-i", "in", "--parquet-dir", "S3://bucket/tables"],
+        ["dicom", "export", "-i", "in", "--parquet-dir", "out", "--bigquery-dataset", "p:d"],
+        ["tfrecord", "from-images", "-i", "in", "--bigquery-sql", "SELECT 1"],
+        ["files", "untar", "-i", "in", "--runner=DataflowRunner"],
+        ["files", "untar", "-i", "in", "--runner", "DataflowRunner", "--temp_location", "/tmp"],
+    ],
+)
+def test_a_command_that_may_use_a_cloud_service_gets_the_full_import(argv):
+    assert lean_imports.needs_cloud_clients(argv)
+
+
+def test_local_commands_and_the_opt_out():
+    assert not lean_imports.needs_cloud_clients(["dicom", "export", "-i", "/data/ct", "--png-dir", "png"])
+    assert not lean_imports.needs_cloud_clients(["dicom", "export", "--dicomweb", "http://127.0.0.1:8042/dicom-web"])
+    import apache_beam  # noqa: F401 - once Beam is imported there is nothing to defer, nothing is installed
+
+    assert not lean_imports.defer_unused_clients(["dicom", "export", "-i", "x"])
+    assert not any(isinstance(f, lean_imports.BeamImportWindow) for f in sys.meta_path)
+
+
+def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_path):
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        (source / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    runs = {}
+    for mode, env in (("lean", _env()), ("full", _env(**{lean_imports.FULL_IMPORTS_ENV: "1"}))):
+        out = tmp_path / mode
+        loaded = tmp_path / f"{mode}.json"
+        args = ["dicom", "export", "-i", str(source), "--png-dir", str(out / "png"),
+                "--parquet-dir", str(out / "tables"), "--resize", "64", "64", "--no-progress"]  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", _CLI, str(loaded), *args], capture_output=True, text=True,
+                                env=env)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "2 files in, 2 instances written, 2 PNGs, 0 rejected" in result.stdout
+        pngs = {p.relative_to(out / "png").as_posix(): p.read_bytes() for p in sorted((out / "png").rglob("*.png"))}
+        table = pq.read_table(out / "tables" / "dicom_metadata").to_pylist()
+        runs[mode] = (pngs, sorted(table, key=lambda row: row["SOPInstanceUID"]), json.loads(loaded.read_text()))
+    assert runs["lean"][0] == runs["full"][0] and len(runs["lean"][0]) == 2
+    assert runs["lean"][1] == runs["full"][1]
+    assert runs["lean"][2] == []  # the whole command ran without them
+    assert "boto3" in runs["full"][2]  # they are installed here: the full import does load them
