@@ -17,7 +17,9 @@ from pydicom.data import get_testdata_file
 from medbeam.cli import lean_imports
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-CLIENTS = ("boto3", "botocore", "google.cloud.storage", "google.cloud.bigquery", "google.api_core", "pymongo")
+CLIENTS = (
+    "boto3", "botocore", "google.cloud.storage", "google.cloud.bigquery", "google.api_core", "pymongo", "requests"
+)  # fmt: skip
 
 # In a fresh interpreter: open the window, import Beam, then report what was hidden and what is loaded, and
 # show that the clients and Beam's GCS/S3 filesystems still import (ordinary imports once Beam is in).
@@ -25,15 +27,18 @@ _WINDOW = """
 import json, sys
 from medbeam.cli import lean_imports
 assert lean_imports.defer_unused_clients(["dicom", "export", "-i", "/data/*.dcm", "--png-dir", "out"])
-window = next(f for f in sys.meta_path if isinstance(f, lean_imports.BeamImportWindow))
+window = next(f for f in sys.meta_path if isinstance(f, lean_imports.StartUpWindow))
 import apache_beam
+beam_left = any(isinstance(f, lean_imports.StartUpWindow) for f in sys.meta_path)
+import pydicom, pydicom.data.download
 report = {
-    "window_left": any(isinstance(f, lean_imports.BeamImportWindow) for f in sys.meta_path),
+    "window_left": beam_left and any(isinstance(f, lean_imports.StartUpWindow) for f in sys.meta_path),
+    "pydicom_has_requests": pydicom.data.download.HAVE_REQUESTS,
     "hidden": sorted(set(window.hidden)),
     "loaded": [m for m in %(clients)r if m in sys.modules],
     "loader": type(apache_beam.__spec__.loader).__name__,
 }
-import boto3, google.cloud.storage, pymongo
+import boto3, google.cloud.storage, pymongo, requests
 import apache_beam.io.gcp.gcsfilesystem, apache_beam.io.aws.s3filesystem
 from apache_beam.io.filesystems import FileSystems
 report["schemes"] = sorted({type(FileSystems.get_filesystem(u)).__name__ for u in ("gs://b/x", "s3://b/x")})
@@ -62,9 +67,10 @@ def test_beam_starts_without_the_clients_and_they_import_normally_afterwards():
     result = subprocess.run([sys.executable, "-c", _WINDOW], capture_output=True, text=True, env=_env())
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert not report["window_left"]  # it removes itself once Beam is initialised
+    assert not report["window_left"]  # it removes itself once Beam and pydicom are initialised
+    assert report["pydicom_has_requests"] is False  # pydicom downloads (never, here) through urllib instead
     assert report["loaded"] == []
-    for client in ("boto3", "google.cloud", "bson"):  # Beam asked for each and was told it is missing
+    for client in ("boto3", "google.cloud", "bson", "requests"):  # Beam asked for each and was told it is missing
         assert any(name == client or name.startswith(client + ".") for name in report["hidden"]), report
     assert report["loader"] == "SourceFileLoader"  # Beam's resources are read through its own loader
     assert report["schemes"] == ["GCSFileSystem", "S3FileSystem"]
@@ -92,7 +98,7 @@ def test_local_commands_and_the_opt_out():
     import apache_beam  # noqa: F401 - once Beam is imported there is nothing to defer, nothing is installed
 
     assert not lean_imports.defer_unused_clients(["dicom", "export", "-i", "x"])
-    assert not any(isinstance(f, lean_imports.BeamImportWindow) for f in sys.meta_path)
+    assert not any(isinstance(f, lean_imports.StartUpWindow) for f in sys.meta_path)
 
 
 def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_path):
@@ -116,4 +122,4 @@ def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_p
     assert runs["lean"][0] == runs["full"][0] and len(runs["lean"][0]) == 2
     assert runs["lean"][1] == runs["full"][1]
     assert runs["lean"][2] == []  # the whole command ran without them
-    assert "boto3" in runs["full"][2]  # they are installed here: the full import does load them
+    assert {"boto3", "requests"} <= set(runs["full"][2])  # installed here: the full import does load them

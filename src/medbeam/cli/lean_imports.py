@@ -1,20 +1,22 @@
-"""Import Apache Beam without the client libraries of services a local command never talks to.
+"""Start Apache Beam (and pydicom) without the client libraries of services a local command never talks to.
 
 Why: `import apache_beam` imports, best effort, the clients of every service Beam has connectors for
 whenever they are installed: boto3 for S3FileSystem, google-cloud-storage for GCSFileSystem, BigQuery,
-Pub/Sub and apitools for its GCP connectors, pymongo for MongoDB. With medbeam's `gcp` and `aws` extras
+Pub/Sub, apitools and requests for its GCP connectors, pymongo for MongoDB. With medbeam's `gcp` and `aws` extras
 installed that is over half of the import (measured on the 2-core machine, one core: 1.74-1.86 → 0.77-0.80 s),
 and a one-file `medbeam dicom export` on local files uses none of them. Beam itself treats each as optional: a
 missing one is a `ModuleNotFoundError` it catches, after which its connector for that service is unavailable.
+pydicom likewise imports requests (~0.12 s) only to download its own test files, with urllib as its fallback.
 
 So, for a command whose arguments name no gs:// or s3:// location, no BigQuery option and no Dataflow
 runner, `defer_unused_clients` makes those clients look missing *while Beam's package initialises* and
-for nothing else: once `apache_beam` is imported the window closes, and any later import of them
-(medbeam's BigQuery loader, a user's model plugin) is an ordinary one. What stays behind is Beam's
-view from its start-up: in that process Beam has no S3/GCS filesystem, BigQuery, Pub/Sub or MongoDB
-connector, which is why the decision is made from the command line, before anything is imported, and
-leans towards the full import when in doubt. `MEDBEAM_FULL_IMPORTS=1` turns it off. Beam's worker
-processes (`multi_processing`, a cluster) import Beam their own way and are not affected.
+for nothing else (and requests while pydicom's does, for every command): once the package is imported its
+window closes, and any later import of them (medbeam's BigQuery loader or DICOMweb client, a user's model
+plugin) is an ordinary one. What stays behind is the package's view from its start-up: in that process Beam
+has no S3/GCS filesystem, BigQuery, Pub/Sub or MongoDB connector, which is why the decision is made from the
+command line, before anything is imported, and leans towards the full import when in doubt.
+`MEDBEAM_FULL_IMPORTS=1` turns it off. Beam's worker processes (`multi_processing`, a cluster) import Beam
+their own way and are not affected.
 
 Only the CLI does this; importing medbeam as a library changes nothing.
 """
@@ -29,9 +31,10 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-#: Set (to anything) to import Beam with every client library it finds.
+#: Set (to anything) to import Beam and pydicom with every client library they find.
 FULL_IMPORTS_ENV = "MEDBEAM_FULL_IMPORTS"
-#: Top-level packages (and everything below them) hidden from Beam's start-up.
+#: Top-level packages (and everything below them) hidden from Beam's start-up (requests: only its GCP
+#: metadata helper imports it there).
 DEFERRED_CLIENTS = (
     "boto3",
     "botocore",
@@ -41,8 +44,15 @@ DEFERRED_CLIENTS = (
     "apitools",
     "pymongo",
     "bson",
+    "requests",
 )
-#: Argument fragments that mean the command may need one of them (lower-cased comparison).
+#: pydicom imports requests (~0.12 s: urllib3, idna, charset-normalizer, certifi) only to download its test
+#: files, and falls back to urllib without it; medbeam's own HTTP (DICOMweb) imports requests when it runs.
+PYDICOM_DEFERRED = ("requests",)
+#: What each package is started without. The cloud clients only when the command line needs none of them.
+_CLOUD_FREE = {"apache_beam": DEFERRED_CLIENTS, "pydicom": PYDICOM_DEFERRED}
+_ANY_COMMAND = {"pydicom": PYDICOM_DEFERRED}
+#: Argument fragments that mean the command may need one of the clients (lower-cased comparison).
 _CLOUD_HINTS = ("gs://", "s3://", "dataflow")
 
 
@@ -56,40 +66,41 @@ def needs_cloud_clients(argv: Sequence[str]) -> bool:
 
 
 def defer_unused_clients(argv: Sequence[str]) -> bool:
-    """Install the import window for this command line, unless it needs the clients, Beam is already
-    imported, or FULL_IMPORTS_ENV is set. Returns whether the window was installed."""
-    if os.environ.get(FULL_IMPORTS_ENV) or "apache_beam" in sys.modules or needs_cloud_clients(argv):
+    """Install the start-up window for this command line, unless FULL_IMPORTS_ENV is set; packages already
+    imported are left as they are. Returns whether Beam will start without the cloud clients."""
+    if os.environ.get(FULL_IMPORTS_ENV) or any(isinstance(f, StartUpWindow) for f in sys.meta_path):
         return False
-    if not any(isinstance(finder, BeamImportWindow) for finder in sys.meta_path):
-        sys.meta_path.insert(0, BeamImportWindow(DEFERRED_CLIENTS))
-    return True
+    plan = _ANY_COMMAND if needs_cloud_clients(argv) else _CLOUD_FREE
+    plan = {package: hidden for package, hidden in plan.items() if package not in sys.modules}
+    if plan:
+        sys.meta_path.insert(0, StartUpWindow(plan))
+    return "apache_beam" in plan
 
 
 def _is_under(name: str, packages: Sequence[str]) -> bool:
     return any(name == package or name.startswith(package + ".") for package in packages)
 
 
-class BeamImportWindow(importlib.abc.MetaPathFinder):
-    """A meta path finder that hides `deferred` packages while (and only while) `apache_beam`'s package
-    initialises, then removes itself. Beam's own modules are found and loaded as always."""
+class StartUpWindow(importlib.abc.MetaPathFinder):
+    """A meta path finder that hides packages while (and only while) a given package initialises:
+    `hidden_while[package]` during `import package`'s own execution. Removes itself once every package
+    of the plan has initialised. The packages themselves are found and loaded as always."""
 
-    def __init__(self, deferred: Sequence[str]):
-        self._deferred = tuple(deferred)
-        self._open = False
-        self.hidden: list[str] = []  # what Beam asked for and was told is missing (for tests and debugging)
+    def __init__(self, hidden_while: dict[str, Sequence[str]]):
+        self._pending = {package: tuple(hidden) for package, hidden in hidden_while.items()}
+        self._open: dict[str, tuple[str, ...]] = {}
+        self.hidden: list[str] = []  # what was asked for and told it is missing (for tests and debugging)
 
     def find_spec(self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None):
-        if self._open:
-            if _is_under(name, self._deferred):
-                self.hidden.append(name)
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-        if name != "apache_beam":
+        if any(_is_under(name, hidden) for hidden in self._open.values()):
+            self.hidden.append(name)
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        if name not in self._pending:
             return None
         spec = self._real_spec(name, path, target)
         if spec is None or spec.loader is None:
             return spec
-        spec.loader = _WindowLoader(spec.loader, self)
+        spec.loader = _WindowLoader(spec.loader, self, name)
         return spec
 
     def _real_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None):
@@ -101,35 +112,43 @@ class BeamImportWindow(importlib.abc.MetaPathFinder):
                 return spec
         return None
 
-    def run(self, loader: importlib.abc.Loader, module: ModuleType) -> None:
-        """Initialise `module` (apache_beam) with the window open; Beam's warnings about the clients it
-        could not import are silenced for that time only."""
+    def run(self, package: str, loader: importlib.abc.Loader, module: ModuleType) -> None:
+        """Initialise `module` with its window open; the packages' warnings about what they could not
+        import are silenced for that time only."""
         previous_disable = logging.root.manager.disable
         logging.disable(logging.WARNING)
-        self._open = True
+        self._open[package] = self._pending.pop(package)
         try:
             loader.exec_module(module)
         finally:
-            self._open = False
+            del self._open[package]
             logging.disable(previous_disable)
-            if self in sys.meta_path:
+            if not self._pending and not self._open and self in sys.meta_path:
                 sys.meta_path.remove(self)
-            # Beam's package data and resources are looked up through its real loader.
+            # The package's data and resources are looked up through its real loader.
             module.__loader__ = loader
             if module.__spec__ is not None:
                 module.__spec__.loader = loader
 
 
 class _WindowLoader(importlib.abc.Loader):
-    def __init__(self, real: importlib.abc.Loader, window: BeamImportWindow):
+    def __init__(self, real: importlib.abc.Loader, window: StartUpWindow, package: str):
         self._real = real
         self._window = window
+        self._package = package
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._real.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        self._window.run(self._real, module)
+        self._window.run(self._package, self._real, module)
 
 
-__all__ = ["DEFERRED_CLIENTS", "FULL_IMPORTS_ENV", "BeamImportWindow", "defer_unused_clients", "needs_cloud_clients"]
+__all__ = [
+    "DEFERRED_CLIENTS",
+    "FULL_IMPORTS_ENV",
+    "PYDICOM_DEFERRED",
+    "StartUpWindow",
+    "defer_unused_clients",
+    "needs_cloud_clients",
+]
