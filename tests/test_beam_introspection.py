@@ -152,3 +152,41 @@ def test_the_yield_and_return_check_is_beams() -> None:
         assert beam_introspection.check_fn_use_yield_and_return(fn) is expected
         assert beam_introspection.check_fn_use_yield_and_return(fn) is expected  # memoised
     assert beam_introspection.check_fn_use_yield_and_return(_YieldsAndReturns().process) is True
+
+
+def test_the_ipython_probe_answers_without_importing_ipython(monkeypatch) -> None:
+    """No import while IPython is not loaded (the answer can only be False); Beam's own answer once it is."""
+    import subprocess
+    import sys
+    import types
+
+    from apache_beam import pipeline
+    from apache_beam.runners.direct import direct_runner
+    from apache_beam.utils import interactive_utils
+
+    beam_introspection.install()
+    for module in (interactive_utils, pipeline, direct_runner):
+        assert module.is_in_ipython is beam_introspection.is_in_ipython
+    code = (  # with the CLI's lean start-up: here google-cloud-bigquery itself would import IPython (its tqdm)
+        "import sys\n"
+        "from medbeam.cli import lean_imports\n"
+        "lean_imports.defer_unused_clients([])\n"
+        "import apache_beam as beam\n"
+        "from medbeam.pipelines import beam_introspection\n"
+        "beam_introspection.install()\n"
+        "with beam.Pipeline() as p:\n"
+        "    _ = p | beam.Create([1, 2]) | beam.Map(lambda x: x + 1)\n"
+        "assert 'IPython' not in sys.modules, 'IPython imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+    shell = types.SimpleNamespace(config={})
+    fake = types.ModuleType("IPython")
+    fake.get_ipython = lambda: shell  # a running shell: Beam's function is asked, and says so
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    assert beam_introspection.is_in_ipython() is True
+    fake.get_ipython = lambda: None  # IPython imported, no shell
+    assert beam_introspection.is_in_ipython() is False
+    monkeypatch.delitem(sys.modules, "IPython")
+    assert beam_introspection.is_in_ipython() is False

@@ -28,21 +28,34 @@ Two more of Beam's per-run introspections are memoised the same way, each by wha
   given the first time only.
 
 Memos are weak: a function, or code, that is gone (a lambda of an earlier run) leaves nothing behind.
+
+One probe is answered without its import: `interactive_utils.is_in_ipython` (asked when a pipeline is built
+and run, to label transforms by notebook cell) imports IPython to call `get_ipython()`, ~80 ms a process
+wherever IPython is installed (a Jupyter environment). No IPython shell can run in a process that has not
+imported IPython, so there the answer is False without the import; once IPython is imported, Beam's own
+function answers.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 import types
 import weakref
 from typing import Any
 
+from apache_beam import pipeline as beam_pipeline
+from apache_beam.runners.direct import direct_runner
 from apache_beam.transforms import core, ptransform, userstate, util
 from apache_beam.typehints import decorators
+from apache_beam.utils import interactive_utils
 
 beams_get_dofn_specs = userstate.get_dofn_specs
 beams_get_signature = decorators.get_signature
 beams_check_fn_use_yield_and_return = core._check_fn_use_yield_and_return  # noqa: SLF001 - replaced by a memo
+beams_is_in_ipython = interactive_utils.is_in_ipython
+#: modules that call is_in_ipython through a name of their own (imported from interactive_utils)
+_IPYTHON_PROBE_USERS = (interactive_utils, beam_pipeline, direct_runner)
 #: modules that call get_signature through a name of their own (imported from decorators)
 _SIGNATURE_USERS = (decorators, core, ptransform, util)
 _memo: dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]] = {}
@@ -117,6 +130,13 @@ def check_fn_use_yield_and_return(fn: Any) -> bool:
     return found
 
 
+def is_in_ipython() -> bool:
+    """Beam's answer; False without importing IPython where no IPython shell can be running."""
+    if "IPython" not in sys.modules:
+        return False
+    return beams_is_in_ipython()
+
+
 def install() -> None:
     """Route Beam's lookups through the memo (idempotent). Every Beam caller reaches the function through
     the `userstate` module (its own is_stateful_dofn / validate_stateful_dofn, `userstate.get_dofn_specs`
@@ -126,6 +146,8 @@ def install() -> None:
     for module in _SIGNATURE_USERS:
         module.get_signature = get_signature
     core._check_fn_use_yield_and_return = check_fn_use_yield_and_return  # noqa: SLF001
+    for module in _IPYTHON_PROBE_USERS:
+        module.is_in_ipython = is_in_ipython
 
 
 def memo() -> dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]]:
