@@ -190,3 +190,17 @@ def test_the_ipython_probe_answers_without_importing_ipython(monkeypatch) -> Non
     assert beam_introspection.is_in_ipython() is False
     monkeypatch.delitem(sys.modules, "IPython")
     assert beam_introspection.is_in_ipython() is False
+
+
+def test_bundle_samplers_sleep_briefly_and_still_sample() -> None:
+    """The local runner's state samplers are Beam's, with a 10 ms longest sleep (a bundle's end joins it)."""
+    from apache_beam.runners.worker import statesampler
+    from apache_beam.utils.counters import CounterFactory
+
+    beam_introspection.install()
+    sampler = statesampler.StateSampler("step-", CounterFactory())
+    assert isinstance(sampler, beam_introspection.beams_state_sampler)
+    assert sampler.sampling_period_ms == beam_introspection.SAMPLING_PERIOD_MS == 10
+    assert statesampler.StateSampler("s", CounterFactory(), sampling_period_ms=50).sampling_period_ms == 50
+    with beam.Pipeline() as p:  # bundles run, and finish, with the short sampler
+        assert_that(p | beam.Create(range(100)) | beam.Map(lambda x: x * 2), equal_to([x * 2 for x in range(100)]))

@@ -34,6 +34,12 @@ and run, to label transforms by notebook cell) imports IPython to call `get_ipyt
 wherever IPython is installed (a Jupyter environment). No IPython shell can run in a process that has not
 imported IPython, so there the answer is False without the import; once IPython is imported, Beam's own
 function answers.
+
+And one wait is cut short: each bundle's StateSampler (a thread that samples which step is running, for Beam's
+msec metrics) sleeps between samples, growing to 200 ms, and the bundle's end joins it, so waits for the
+current sleep. Measured in `dicom export` runs of 200-500 files: 133-184 ms of idle wall time a run in 13
+bundles, against 31-47 ms with the sleep capped at 20 ms. The local runner's samplers here sleep at most
+SAMPLING_PERIOD_MS (10 ms: ~100 wake-ups a second, each a lock and an addition without the GIL).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from typing import Any
 
 from apache_beam import pipeline as beam_pipeline
 from apache_beam.runners.direct import direct_runner
+from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import core, ptransform, userstate, util
 from apache_beam.typehints import decorators
 from apache_beam.utils import interactive_utils
@@ -130,6 +137,18 @@ def check_fn_use_yield_and_return(fn: Any) -> bool:
     return found
 
 
+#: The longest sleep of a bundle's state-sampling thread (Beam's default: 200 ms), see the module's doc.
+SAMPLING_PERIOD_MS = 10
+beams_state_sampler = statesampler.StateSampler
+
+
+class StateSampler(beams_state_sampler):
+    """Beam's StateSampler with a shorter longest sleep, so that a bundle's end does not wait up to 200 ms."""
+
+    def __init__(self, prefix: Any, counter_factory: Any, sampling_period_ms: int = SAMPLING_PERIOD_MS):
+        super().__init__(prefix, counter_factory, sampling_period_ms=sampling_period_ms)
+
+
 def is_in_ipython() -> bool:
     """Beam's answer; False without importing IPython where no IPython shell can be running."""
     if "IPython" not in sys.modules:
@@ -148,6 +167,7 @@ def install() -> None:
     core._check_fn_use_yield_and_return = check_fn_use_yield_and_return  # noqa: SLF001
     for module in _IPYTHON_PROBE_USERS:
         module.is_in_ipython = is_in_ipython
+    statesampler.StateSampler = StateSampler  # what bundle processors build (statesampler.StateSampler(...))
 
 
 def memo() -> dict[tuple[type, frozenset[str]], tuple[frozenset, frozenset]]:
