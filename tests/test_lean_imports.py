@@ -37,6 +37,7 @@ report = {
     "hidden": sorted(set(window.hidden)),
     "loaded": [m for m in %(clients)r if m in sys.modules],
     "loader": type(apache_beam.__spec__.loader).__name__,
+    "root_handlers": len(__import__("logging").root.handlers),
 }
 import boto3, google.cloud.storage, pymongo, requests
 import apache_beam.io.gcp.gcsfilesystem, apache_beam.io.aws.s3filesystem
@@ -73,6 +74,7 @@ def test_beam_starts_without_the_clients_and_they_import_normally_afterwards():
     for client in ("boto3", "google.cloud", "bson", "requests"):  # Beam asked for each and was told it is missing
         assert any(name == client or name.startswith(client + ".") for name in report["hidden"]), report
     assert report["loader"] == "SourceFileLoader"  # Beam's resources are read through its own loader
+    assert report["root_handlers"] == 0  # the silenced warnings left no stderr handler behind
     assert report["schemes"] == ["GCSFileSystem", "S3FileSystem"]
     assert "Failed to import" not in result.stderr and "WARNING" not in result.stderr  # Beam's notes silenced
 
@@ -123,3 +125,50 @@ def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_p
     assert runs["lean"][1] == runs["full"][1]
     assert runs["lean"][2] == []  # the whole command ran without them
     assert {"boto3", "requests"} <= set(runs["full"][2])  # installed here: the full import does load them
+
+
+def test_local_multi_process_runs_start_medbeams_workers():
+    """FnApiRunner in multi_processing gets medbeam's worker command; other runners and modes are Beam's."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from medbeam.pipelines.runner import LocalProcessesRunner, local_processes_runner
+
+    def runner_of(*args: str):
+        return local_processes_runner(PipelineOptions(list(args)))
+
+    runner = runner_of("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
+    assert isinstance(runner, LocalProcessesRunner)
+    command = runner._default_environment.command_string  # noqa: SLF001
+    assert command == f"{sys.executable} -m medbeam.cli.sdk_worker"  # not --lean: this process has all of Beam
+    assert runner_of("--runner=FnApiRunner", "--direct_running_mode=in_memory") is None
+    assert runner_of("--runner=FnApiRunner", "--direct_running_mode=multi_threading") is None
+    assert runner_of("--runner=DirectRunner", "--direct_running_mode=multi_processing") is None
+
+
+def test_an_export_on_two_lean_worker_processes_writes_what_one_worker_writes(tmp_path):
+    """Through the CLI: 2 worker processes (medbeam.cli.sdk_worker --lean) and 1 in-memory worker give the same
+    PNG bytes and rows, and no worker process is left behind."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm"):
+        (source / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    runs = {}
+    for mode, beam_args in (
+        ("one", ["--direct_num_workers=1", "--direct_running_mode=in_memory"]),
+        ("two", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
+    ):
+        out = tmp_path / mode
+        args = ["dicom", "export", "-i", str(source), "--png-dir", str(out / "png"),
+                "--parquet-dir", str(out / "tables"), "--resize", "64", "64", "--no-progress", *beam_args]  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "medbeam.cli", *args], capture_output=True, text=True,
+                                env=_env(), timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert "4 files in, 4 instances written" in result.stdout
+        assert "sdk_worker" not in result.stderr and "INFO:" not in result.stderr  # the workers' chatter stays out
+        pngs = {p.relative_to(out / "png").as_posix(): p.read_bytes() for p in sorted((out / "png").rglob("*.png"))}
+        rows = pq.read_table(out / "tables" / "dicom_metadata").to_pylist()
+        runs[mode] = (pngs, sorted(rows, key=lambda row: row["path"]))
+    assert runs["one"][0] and runs["one"][0] == runs["two"][0]
+    assert runs["one"][1] == runs["two"][1]
+    leftover = subprocess.run(["pgrep", "-f", "medbeam.cli.sdk_worker"], capture_output=True, text=True)
+    assert leftover.stdout.strip() == ""

@@ -88,7 +88,7 @@ def main() -> None:
 FULL_SHUTDOWN_ENV = "MEDBEAM_FULL_SHUTDOWN"
 
 
-def end_process(code: object) -> None:
+def end_process(code: object, wait_for_threads: bool = True) -> None:
     """Exit with `code` once the command is done, skipping the interpreter's teardown of its modules.
 
     After a Beam run that teardown (freeing every object of ~2,000 imported modules, module by module)
@@ -97,10 +97,12 @@ def end_process(code: object) -> None:
     multiprocessing children), stdout and stderr are flushed, and `code` means what `sys.exit(code)`
     means. Returns (the caller then exits normally) while another non-daemon thread is still running, or
     under a tracer or profiler (coverage, cProfile: they write their results at shutdown), or when
-    FULL_SHUTDOWN_ENV is set.
+    FULL_SHUTDOWN_ENV is set. `wait_for_threads=False` (a worker process whose harness has returned, see
+    medbeam.cli.sdk_worker) ends it while idle threads are still there.
     """
     others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
-    if others or sys.gettrace() is not None or sys.getprofile() is not None or os.environ.get(FULL_SHUTDOWN_ENV):
+    traced = sys.gettrace() is not None or sys.getprofile() is not None
+    if (others and wait_for_threads) or traced or os.environ.get(FULL_SHUTDOWN_ENV):
         return
     if code is None:
         status = 0

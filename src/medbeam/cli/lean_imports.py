@@ -56,6 +56,15 @@ _ANY_COMMAND = {"pydicom": PYDICOM_DEFERRED}
 _CLOUD_HINTS = ("gs://", "s3://", "dataflow")
 
 
+#: Packages this process started through a StartUpWindow (so without what their plan hid).
+_started_lean: set[str] = set()
+
+
+def started_lean(package: str = "apache_beam") -> bool:
+    """Whether `package` initialised in this process with its plan's packages hidden."""
+    return package in _started_lean
+
+
 def needs_cloud_clients(argv: Sequence[str]) -> bool:
     """Whether a command line may use a service whose client DEFERRED_CLIENTS would hide from Beam."""
     for arg in argv:
@@ -116,13 +125,19 @@ class StartUpWindow(importlib.abc.MetaPathFinder):
         """Initialise `module` with its window open; the packages' warnings about what they could not
         import are silenced for that time only."""
         previous_disable = logging.root.manager.disable
+        handlers_before = list(logging.root.handlers)
         logging.disable(logging.WARNING)
         self._open[package] = self._pending.pop(package)
         try:
             loader.exec_module(module)
+            _started_lean.add(package)
         finally:
             del self._open[package]
             logging.disable(previous_disable)
+            # A silenced module-level `logging.warning(...)` still gives an unconfigured root logger its
+            # default stderr handler (logging.basicConfig): the package's full import would have added none.
+            for handler in [h for h in logging.root.handlers if h not in handlers_before]:
+                logging.root.removeHandler(handler)
             if not self._pending and not self._open and self in sys.meta_path:
                 sys.meta_path.remove(self)
             # The package's data and resources are looked up through its real loader.
