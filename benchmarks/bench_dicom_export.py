@@ -72,9 +72,9 @@ class Sizes:
     ct_multi: int  # CT slices for the multi-worker check (>= 1,000)
 
 
-# 60 × 10 MB fits the page cache, and so do 4,000 CT slices (2 GB) for the multi-worker check. Beam's
-# multi_processing workers cost ~5.5 s a run on this 2-core VM (each imports Beam, ~3.4 s for two in
-# parallel, and takes ~1.8 s to shut down), against ~0.6 s in memory; --ct-multi sets another count
+# 60 × 10 MB fits the page cache, and so do 4,000 CT slices (2 GB) for the multi-worker check. The
+# multi_processing workers (medbeam.cli.sdk_worker; here, in a fully imported process, they import all of Beam
+# and get only the quick end) cost ~3.3 s a run on this 2-core VM, against ~0.3 s in memory; --ct-multi sets another count
 # (at 8,000 slices, 4 GB, the page cache no longer holds the set and the check got slower, not faster).
 FULL = Sizes(xray=20, xray_299=60, ct_row=500, ct_multi=4000)
 QUICK = Sizes(xray=6, xray_299=20, ct_row=200, ct_multi=1000)
