@@ -103,24 +103,36 @@ def test_local_commands_and_the_opt_out():
     assert not any(isinstance(f, lean_imports.StartUpWindow) for f in sys.meta_path)
 
 
+def _test_files(folder: Path, *names: str) -> Path:
+    folder.mkdir()
+    for name in names:
+        (folder / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    return folder
+
+
+def _export_args(source: Path, out: Path, *beam_args: str) -> list[str]:
+    return ["dicom", "export", "-i", str(source), "--png-dir", str(out / "png"),
+            "--parquet-dir", str(out / "tables"), "--resize", "64", "64", "--no-progress", *beam_args]  # fmt: skip
+
+
+def _export_outputs(out: Path) -> tuple[dict[str, bytes], list[dict]]:
+    """Every PNG's bytes by its path under the PNG folder, and the metadata rows in path order."""
+    pngs = {p.relative_to(out / "png").as_posix(): p.read_bytes() for p in sorted((out / "png").rglob("*.png"))}
+    rows = pq.read_table(out / "tables" / "dicom_metadata").to_pylist()
+    return pngs, sorted(rows, key=lambda row: row["path"])
+
+
 def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_path):
-    source = tmp_path / "in"
-    source.mkdir()
-    for name in ("CT_small.dcm", "MR_small.dcm"):
-        (source / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    source = _test_files(tmp_path / "in", "CT_small.dcm", "MR_small.dcm")
     runs = {}
     for mode, env in (("lean", _env()), ("full", _env(**{lean_imports.FULL_IMPORTS_ENV: "1"}))):
         out = tmp_path / mode
         loaded = tmp_path / f"{mode}.json"
-        args = ["dicom", "export", "-i", str(source), "--png-dir", str(out / "png"),
-                "--parquet-dir", str(out / "tables"), "--resize", "64", "64", "--no-progress"]  # fmt: skip
-        result = subprocess.run([sys.executable, "-c", _CLI, str(loaded), *args], capture_output=True, text=True,
-                                env=env)  # fmt: skip
+        result = subprocess.run([sys.executable, "-c", _CLI, str(loaded), *_export_args(source, out)],
+                                capture_output=True, text=True, env=env)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "2 files in, 2 instances written, 2 PNGs, 0 rejected" in result.stdout
-        pngs = {p.relative_to(out / "png").as_posix(): p.read_bytes() for p in sorted((out / "png").rglob("*.png"))}
-        table = pq.read_table(out / "tables" / "dicom_metadata").to_pylist()
-        runs[mode] = (pngs, sorted(table, key=lambda row: row["SOPInstanceUID"]), json.loads(loaded.read_text()))
+        runs[mode] = (*_export_outputs(out), json.loads(loaded.read_text()))
     assert runs["lean"][0] == runs["full"][0] and len(runs["lean"][0]) == 2
     assert runs["lean"][1] == runs["full"][1]
     assert runs["lean"][2] == []  # the whole command ran without them
@@ -148,26 +160,20 @@ def test_local_multi_process_runs_start_medbeams_workers():
 def test_an_export_on_two_lean_worker_processes_writes_what_one_worker_writes(tmp_path):
     """Through the CLI: 2 worker processes (medbeam.cli.sdk_worker --lean) and 1 in-memory worker give the same
     PNG bytes and rows, and no worker process is left behind."""
-    source = tmp_path / "in"
-    source.mkdir()
-    for name in ("CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm"):
-        (source / name).write_bytes(Path(get_testdata_file(name)).read_bytes())
+    source = _test_files(tmp_path / "in", "CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm")
     runs = {}
     for mode, beam_args in (
         ("one", ["--direct_num_workers=1", "--direct_running_mode=in_memory"]),
         ("two", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
     ):
         out = tmp_path / mode
-        args = ["dicom", "export", "-i", str(source), "--png-dir", str(out / "png"),
-                "--parquet-dir", str(out / "tables"), "--resize", "64", "64", "--no-progress", *beam_args]  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "medbeam.cli", *args], capture_output=True, text=True,
-                                env=_env(), timeout=300)  # fmt: skip
+        result = subprocess.run([sys.executable, "-m", "medbeam.cli", *_export_args(source, out, *beam_args)],
+                                capture_output=True, text=True, env=_env(), timeout=300)  # fmt: skip
         assert result.returncode == 0, result.stderr
         assert "4 files in, 4 instances written" in result.stdout
         assert "sdk_worker" not in result.stderr and "INFO:" not in result.stderr  # the workers' chatter stays out
-        pngs = {p.relative_to(out / "png").as_posix(): p.read_bytes() for p in sorted((out / "png").rglob("*.png"))}
-        rows = pq.read_table(out / "tables" / "dicom_metadata").to_pylist()
-        runs[mode] = (pngs, sorted(rows, key=lambda row: row["path"]))
+        assert "direct_num_workers" not in result.stderr  # Beam's note on the in_memory hand-over is filtered
+        runs[mode] = _export_outputs(out)
     assert runs["one"][0] and runs["one"][0] == runs["two"][0]
     assert runs["one"][1] == runs["two"][1]
     leftover = subprocess.run(["pgrep", "-f", "medbeam.cli.sdk_worker"], capture_output=True, text=True)

@@ -15,8 +15,8 @@ window closes, and any later import of them (medbeam's BigQuery loader or DICOMw
 plugin) is an ordinary one. What stays behind is the package's view from its start-up: in that process Beam
 has no S3/GCS filesystem, BigQuery, Pub/Sub or MongoDB connector, which is why the decision is made from the
 command line, before anything is imported, and leans towards the full import when in doubt.
-`MEDBEAM_FULL_IMPORTS=1` turns it off. Beam's worker processes (`multi_processing`, a cluster) import Beam
-their own way and are not affected.
+`MEDBEAM_FULL_IMPORTS=1` turns it off. A local `multi_processing` run's workers (medbeam.cli.sdk_worker)
+start the same way when the launching command did; a cluster's workers import Beam their own way.
 
 Only the CLI does this; importing medbeam as a library changes nothing.
 """

@@ -23,12 +23,7 @@ import sys
 
 #: Beam's worker entry point, run as __main__ in this process.
 BEAM_WORKER_MAIN = "apache_beam.runners.worker.sdk_worker_main"
-LEAN_FLAG = "--lean"
-
-
-def command_line(lean: bool) -> str:
-    """The shell command a local runner starts each worker with (Beam runs it with `shell=True`)."""
-    return f"{sys.executable} -m medbeam.cli.sdk_worker" + (f" {LEAN_FLAG}" if lean else "")
+LEAN_FLAG = "--lean"  # medbeam.pipelines.runner.LocalProcessesRunner adds it to the command it starts
 
 
 def main(argv: list[str]) -> None:

@@ -200,23 +200,23 @@ class LocalProcessesRunner(FnApiRunner):
     def __init__(self) -> None:
         lean_imports = sys.modules.get("medbeam.cli.lean_imports")
         lean = lean_imports is not None and lean_imports.started_lean("apache_beam")
-        command = f"{sys.executable} -m medbeam.cli.sdk_worker" + (" --lean" if lean else "")
+        command = f"{sys.executable} -m medbeam.cli.sdk_worker" + (" --lean" if lean else "")  # its LEAN_FLAG
         super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command_string=command))
 
     def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
         direct = options.view_as(DirectOptions)
         direct.direct_running_mode = "in_memory"
+        runner_log = logging.getLogger(fn_runner.__name__)
+        runner_log.addFilter(_drop_in_memory_workers_note)  # Beam's note on that mode, for this run only
         try:
             return super().run_pipeline(pipeline, options)
         finally:
+            runner_log.removeFilter(_drop_in_memory_workers_note)
             direct.direct_running_mode = "multi_processing"
 
 
 def _drop_in_memory_workers_note(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_IN_MEMORY_WORKERS_NOTE)
-
-
-logging.getLogger(fn_runner.__name__).addFilter(_drop_in_memory_workers_note)
 
 
 def local_processes_runner(options: PipelineOptions) -> LocalProcessesRunner | None:
