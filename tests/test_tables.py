@@ -72,7 +72,8 @@ def test_empty_tables_get_an_empty_shard_and_stale_shards_go(tmp_path):
 
 
 def test_packed_rows_give_the_same_parquet_bytes_as_the_rows(tmp_path):
-    """Rows travel packed and are unpacked into Arrow a batch at a time: the file must not change."""
+    """Rows travel packed in compressed chunks and each chunk becomes Arrow as it arrives: the file must not
+    change, whatever the chunks and their order."""
     schema = pa.schema(
         [
             ("path", pa.string()),
@@ -88,14 +89,20 @@ def test_packed_rows_give_the_same_parquet_bytes_as_the_rows(tmp_path):
             "names": [f"x{j}" for j in range(i % 5)] or None,
             "person": {"Alphabetic": f"Doe^{i % 13}", "Ideographic": None} if i % 3 else None,
         }
-        for i in range(2 * tables._UNPACK_BATCH + 517)  # noqa: SLF001 - several batches and a partial one
+        for i in range(2 * 1024 + 517)
     ]
     spec = tables.TableSpec("t", schema, ("path",))
     fmt = tables._ParquetTables({"t": str(tmp_path)}, [spec], {"t": schema}, 10)  # noqa: SLF001 - the format itself
-    packed = sorted((fmt.pack("t", row) for row in rows), key=lambda item: fmt.sort_key("t", item))
-    unpacked = tables._packed_parquet_bytes  # noqa: SLF001 - what a shard's write does
-    assert unpacked(packed, schema) == tables.parquet_bytes(rows, schema)
-    assert unpacked([], schema) == tables.parquet_bytes([], schema)
+    packed = [fmt.pack("t", row) for row in reversed(rows)]  # arrival order is not sort order
+    chunks = [fmt.pack_chunk("t", packed[i : i + size]) for i, size in ((0, 1), (1, 256), (257, 1000), (1257, 1308))]
+    assert sum(fmt.chunk_size(c) for c in chunks) == len(rows)
+    write = tables._chunks_parquet_bytes  # noqa: SLF001 - what a shard's write does
+    assert write(chunks, schema) == tables.parquet_bytes(rows, schema)
+    assert write(reversed(chunks), schema) == tables.parquet_bytes(rows, schema)
+    assert write([], schema) == tables.parquet_bytes([], schema)
+    split = dict(fmt.split_chunk("t", chunks[2], 3))
+    assert sorted(split) == [0, 1, 2] and sum(len(c.keys) for c in split.values()) == 1000
+    assert sorted(p[2] for c in split.values() for p in c.packed()) == sorted(p[2] for p in packed[257:1257])
 
 
 def test_rows_travel_in_chunks_and_land_in_the_same_shards_as_one_by_one(tmp_path, monkeypatch):
