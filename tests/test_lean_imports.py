@@ -178,3 +178,26 @@ def test_an_export_on_two_lean_worker_processes_writes_what_one_worker_writes(tm
     assert runs["one"][1] == runs["two"][1]
     leftover = subprocess.run(["pgrep", "-f", "medbeam.cli.sdk_worker"], capture_output=True, text=True)
     assert leftover.stdout.strip() == ""
+
+
+_ARROW_POOL = """
+import atexit, os, sys
+def report():
+    import pyarrow
+    print(os.environ.get("ARROW_DEFAULT_MEMORY_POOL"), pyarrow.default_memory_pool().backend_name)
+atexit.register(report)
+sys.argv = ["medbeam", "--version"]
+from medbeam.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "system system"), ("jemalloc", "jemalloc jemalloc")])
+def test_the_command_uses_arrows_system_allocator_unless_told_otherwise(given, expected):
+    """mimalloc kept ~11 % more of a 4,000-slice export's memory (medbeam.cli.main); the user's choice stands."""
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if given is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = given
+    env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", _ARROW_POOL], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == expected
