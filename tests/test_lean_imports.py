@@ -152,9 +152,31 @@ def test_local_multi_process_runs_start_medbeams_workers():
     assert isinstance(runner, LocalProcessesRunner)
     command = runner._default_environment.command_string  # noqa: SLF001
     assert command == f"{sys.executable} -m medbeam.cli.sdk_worker"  # not --lean: this process has all of Beam
+    told = local_processes_runner(
+        PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=multi_processing"]), lean=True
+    )
+    assert told._default_environment.command_string.endswith(" --lean")  # noqa: SLF001 - the job said so
     assert runner_of("--runner=FnApiRunner", "--direct_running_mode=in_memory") is None
     assert runner_of("--runner=FnApiRunner", "--direct_running_mode=multi_threading") is None
     assert runner_of("--runner=DirectRunner", "--direct_running_mode=multi_processing") is None
+
+
+def test_an_export_names_its_locations_and_only_local_ones_let_its_workers_start_lean(tmp_path):
+    """run() from a library passes ExportConfig.locations to run_job: lean workers unless one needs a client."""
+    from medbeam.cloud_hints import needs_cloud_clients
+    from medbeam.io.bigquery import BigQueryTarget
+    from medbeam.pipelines.dicom_export import ExportConfig
+
+    local = ExportConfig(inputs=["/data/*.dcm"], png_dir=str(tmp_path / "png"), duckdb_path=str(tmp_path / "t.db"))
+    named = ["/data/*.dcm", str(tmp_path / "png"), str(tmp_path / "t_parquet"), str(tmp_path / "t.db")]
+    assert local.locations() == named
+    assert not needs_cloud_clients(local.locations())
+    for cloud in (
+        ExportConfig(inputs=["gs://bucket/ct/*.dcm"], parquet_dir=str(tmp_path)),
+        ExportConfig(inputs=["/data"], png_dir="s3://bucket/png", parquet_dir=str(tmp_path)),
+        ExportConfig(inputs=["/data"], parquet_dir=str(tmp_path), bigquery=BigQueryTarget(project="p", dataset="d")),
+    ):
+        assert needs_cloud_clients(cloud.locations())
 
 
 def test_an_export_on_two_lean_worker_processes_writes_what_one_worker_writes(tmp_path):

@@ -16,7 +16,9 @@ plugin) is an ordinary one. What stays behind is the package's view from its sta
 has no S3/GCS filesystem, BigQuery, Pub/Sub or MongoDB connector, which is why the decision is made from the
 command line, before anything is imported, and leans towards the full import when in doubt.
 `MEDBEAM_FULL_IMPORTS=1` turns it off. A local `multi_processing` run's workers (medbeam.cli.sdk_worker)
-start the same way when the launching command did; a cluster's workers import Beam their own way.
+start the same way when the launching command did, or when the job names every location it touches and
+none needs a client (`locations` of medbeam.pipelines.runner.run_job, the same rule: medbeam.cloud_hints);
+a cluster's workers import Beam their own way.
 
 Only the CLI does this; importing medbeam as a library changes nothing.
 """
@@ -30,6 +32,8 @@ import os
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+
+from medbeam.cloud_hints import needs_cloud_clients
 
 #: Set (to anything) to import Beam and pydicom with every client library they find.
 FULL_IMPORTS_ENV = "MEDBEAM_FULL_IMPORTS"
@@ -52,8 +56,6 @@ PYDICOM_DEFERRED = ("requests",)
 #: What each package is started without. The cloud clients only when the command line needs none of them.
 _CLOUD_FREE = {"apache_beam": DEFERRED_CLIENTS, "pydicom": PYDICOM_DEFERRED}
 _ANY_COMMAND = {"pydicom": PYDICOM_DEFERRED}
-#: Argument fragments that mean the command may need one of the clients (lower-cased comparison).
-_CLOUD_HINTS = ("gs://", "s3://", "dataflow")
 
 
 #: Packages this process started through a StartUpWindow (so without what their plan hid).
@@ -64,14 +66,6 @@ def started_lean(package: str = "apache_beam") -> bool:
     """Whether `package` initialised in this process with its plan's packages hidden."""
     return package in _started_lean
 
-
-def needs_cloud_clients(argv: Sequence[str]) -> bool:
-    """Whether a command line may use a service whose client DEFERRED_CLIENTS would hide from Beam."""
-    for arg in argv:
-        lowered = arg.lower()
-        if any(hint in lowered for hint in _CLOUD_HINTS) or lowered.startswith("--bigquery"):
-            return True
-    return False
 
 
 def defer_unused_clients(argv: Sequence[str]) -> bool:

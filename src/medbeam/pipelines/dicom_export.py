@@ -94,6 +94,16 @@ class ExportConfig:
         if self.rows_per_shard < 1:
             raise ValueError("rows_per_shard must be at least 1")
 
+    def locations(self) -> list[str]:
+        """Everything the export reads or writes, as the rule of medbeam.cloud_hints reads them (BigQuery as
+        its option): local worker processes start without the cloud clients when none needs one."""
+        named = [*self.inputs, self.png_dir, self.parquet_dir, self.duckdb_path, self.tfrecord_prefix]
+        if self.dicomweb is not None:
+            named.append(str(self.dicomweb.url))
+        if self.bigquery is not None:
+            named.append("--bigquery")
+        return [str(location) for location in named if location is not None]
+
     def check_output_locations(self) -> None:
         """OutputLocationError (one line) for any output folder that cannot be written; nothing is read yet."""
         from pathlib import Path
@@ -320,7 +330,13 @@ def run(config: ExportConfig, beam_args: list[str] | None = None) -> ExportCount
 
     plan = runner.LocalPlan(lambda: COST.seconds(len(matches), sum(size for _, size in matches)))
     result = runner.run_job(
-        build_with, beam_args, plan, progress=stages, show_progress=config.progress, options=options
+        build_with,
+        beam_args,
+        plan,
+        progress=stages,
+        show_progress=config.progress,
+        options=options,
+        locations=config.locations(),
     )
     counts = runner.counts_of(ExportCounts, runner.counters(result, NAMESPACE))
     runner.load_tables(config.duckdb_path, config.parquet_dir, [METADATA_TABLE, REJECTS_TABLE])

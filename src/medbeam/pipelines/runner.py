@@ -19,7 +19,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
+from medbeam.cloud_hints import needs_cloud_clients
 from medbeam.io import files, tables
 from medbeam.pipelines import beam_introspection
 from medbeam.transforms.progress import ProgressMonitor
@@ -147,13 +148,17 @@ def run_job(
     progress: Mapping[str, int | str | None] | None = None,
     show_progress: bool = True,
     options: PipelineOptions | None = None,
+    locations: Sequence[str] | None = None,
 ) -> beam.runners.runner.PipelineResult:
     """Build and run one pipeline to completion.
 
     `build(p)` wires the job; with `progress` (stage name → total, None, or the name of a ticker that counts
     the total) it is called as `build(p, tickers)` with a ProgressTicker per name, drawn as bars on local
     runs (on a terminal). `options`: what `pipeline_options(beam_args)` gave the caller, if it already
-    asked (parsing Beam's options again costs ~0.1 s).
+    asked (parsing Beam's options again costs ~0.1 s). `locations`: every path and URL the job reads or
+    writes, when the caller knows them all; local multi_processing workers then start lean when none of
+    them (nor `beam_args`) may need a cloud client, as the CLI decides from its command line
+    (LocalProcessesRunner).
     """
     beam_introspection.install()  # Beam's DoFn introspection once per class: ~0.1 s of every run
     beam_args = list(beam_args or [])
@@ -166,7 +171,9 @@ def run_job(
     with tempfile.TemporaryDirectory(prefix="medbeam-progress-") as progress_dir:
         stages = dict(progress or {})
         with ProgressMonitor(progress_dir, stages, enabled=bool(stages) and show_progress and local_run) as monitor:
-            pipeline = beam.Pipeline(runner=local_processes_runner(options) if local_run else None, options=options)
+            lean = None if locations is None else not needs_cloud_clients([*map(str, locations), *beam_args])
+            workers = local_processes_runner(options, lean) if local_run else None
+            pipeline = beam.Pipeline(runner=workers, options=options)
             if progress is None:
                 build(pipeline)
             else:
@@ -197,9 +204,11 @@ class LocalProcessesRunner(FnApiRunner):
     subprocess environment, and the mode is restored afterwards.
     """
 
-    def __init__(self) -> None:
-        lean_imports = sys.modules.get("medbeam.cli.lean_imports")
-        lean = lean_imports is not None and lean_imports.started_lean("apache_beam")
+    def __init__(self, lean: bool | None = None) -> None:
+        """`lean`: whether the workers start Beam without the cloud clients; None: as this process did."""
+        if lean is None:
+            lean_imports = sys.modules.get("medbeam.cli.lean_imports")
+            lean = lean_imports is not None and lean_imports.started_lean("apache_beam")
         command = f"{sys.executable} -m medbeam.cli.sdk_worker" + (" --lean" if lean else "")  # its LEAN_FLAG
         super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command_string=command))
 
@@ -219,15 +228,16 @@ def _drop_in_memory_workers_note(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_IN_MEMORY_WORKERS_NOTE)
 
 
-def local_processes_runner(options: PipelineOptions) -> LocalProcessesRunner | None:
+def local_processes_runner(options: PipelineOptions, lean: bool | None = None) -> LocalProcessesRunner | None:
     """The runner for a local run on medbeam's worker processes: FnApiRunner in `multi_processing`, else None
-    (any other runner, or mode, is left to Beam)."""
+    (any other runner, or mode, is left to Beam). `lean`: see LocalProcessesRunner."""
     runner = options.view_as(StandardOptions).runner
     if runner not in ("FnApiRunner", fn_runner.FnApiRunner):
         return None
     if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
         return None
-    return LocalProcessesRunner()
+    return LocalProcessesRunner(lean)
+
 
 
 class JobFailed(RuntimeError):
