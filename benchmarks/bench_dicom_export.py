@@ -167,10 +167,14 @@ def time_pure(files: list[Path], out_dir: Path, resize) -> dict:
 
 
 def _cpu() -> float:
-    """CPU seconds of this process (all threads) plus its finished children (Beam's worker processes)."""
+    """CPU seconds of this process (all threads) plus its finished children and forked workers (Beam's worker
+    processes: the zygote's children, see medbeam.pipelines.worker_pool)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    forked = 0.0
+    if "medbeam.pipelines.worker_pool" in sys.modules:
+        forked = sys.modules["medbeam.pipelines.worker_pool"].forked_workers_cpu_seconds()
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime + forked
 
 
 def _fresh(d: Path) -> None:

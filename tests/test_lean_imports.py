@@ -139,10 +139,12 @@ def test_an_export_through_the_lean_cli_writes_what_the_full_import_writes(tmp_p
     assert {"boto3", "requests"} <= set(runs["full"][2])  # installed here: the full import does load them
 
 
-def test_local_multi_process_runs_start_medbeams_workers():
-    """FnApiRunner in multi_processing gets medbeam's worker command; other runners and modes are Beam's."""
+def test_local_multi_process_runs_start_medbeams_workers(monkeypatch):
+    """FnApiRunner in multi_processing gets medbeam's workers (forked from a zygote, or with the pool turned off
+    the cold worker command); other runners and modes are Beam's."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
+    from medbeam.pipelines import worker_pool
     from medbeam.pipelines.runner import LocalProcessesRunner, local_processes_runner
 
     def runner_of(*args: str):
@@ -150,12 +152,17 @@ def test_local_multi_process_runs_start_medbeams_workers():
 
     runner = runner_of("--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2")
     assert isinstance(runner, LocalProcessesRunner)
-    command = runner._default_environment.command_string  # noqa: SLF001
-    assert command == f"{sys.executable} -m medbeam.cli.sdk_worker"  # not --lean: this process has all of Beam
-    told = local_processes_runner(
-        PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=multi_processing"]), lean=True
-    )
-    assert told._default_environment.command_string.endswith(" --lean")  # noqa: SLF001 - the job said so
+    forked = runner._default_environment  # noqa: SLF001
+    assert isinstance(forked, worker_pool.ForkedWorkersEnvironment)
+    assert not forked.lean  # this process has all of Beam
+    multi = PipelineOptions(["--runner=FnApiRunner", "--direct_running_mode=multi_processing"])
+    told = local_processes_runner(multi, lean=True, preload=["medbeam.pipelines.dicom_export"])
+    assert told._default_environment.lean  # noqa: SLF001 - the job said so
+    assert told._default_environment.preload == ("medbeam.pipelines.dicom_export",)  # noqa: SLF001
+    monkeypatch.setenv(worker_pool.OPT_OUT_VARIABLE, "0")
+    cold = local_processes_runner(multi)._default_environment  # noqa: SLF001
+    assert cold.command_string == f"{sys.executable} -m medbeam.cli.sdk_worker"
+    assert local_processes_runner(multi, lean=True)._default_environment.command_string.endswith(" --lean")  # noqa: SLF001
     assert runner_of("--runner=FnApiRunner", "--direct_running_mode=in_memory") is None
     assert runner_of("--runner=FnApiRunner", "--direct_running_mode=multi_threading") is None
     assert runner_of("--runner=DirectRunner", "--direct_running_mode=multi_processing") is None
@@ -198,8 +205,25 @@ def test_an_export_on_two_lean_worker_processes_writes_what_one_worker_writes(tm
         runs[mode] = _export_outputs(out)
     assert runs["one"][0] and runs["one"][0] == runs["two"][0]
     assert runs["one"][1] == runs["two"][1]
-    leftover = subprocess.run(["pgrep", "-f", "medbeam.cli.sdk_worker"], capture_output=True, text=True)
-    assert leftover.stdout.strip() == ""
+    assert _left_behind_workers() == []
+
+
+def _left_behind_workers() -> list[int]:
+    """Worker and zygote processes alive now, other than this test process's own (its library runs' zygote)."""
+    found = subprocess.run(["pgrep", "-f", "medbeam.cli.(sdk_worker|worker_zygote)"], capture_output=True, text=True)
+    return [pid for pid in map(int, found.stdout.split()) if not _descends_from(pid, os.getpid())]
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return False
+        pid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+    return False
 
 
 _ARROW_POOL = """

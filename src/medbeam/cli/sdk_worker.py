@@ -9,6 +9,7 @@ with the quick end as well.
 
 * `--lean` (given when the launching command started Beam lean, see medbeam.cli.lean_imports): the worker
   starts Beam without the cloud clients as well. The command line that decided it is the launcher's.
+* Before Beam's worker main starts, `prepare_worker` installs what the driver's run_job installed.
 * Once Beam's worker main returns, its work is done: the runner has closed the control stream, and what is
   left are idle gRPC and pool threads. The process then ends through `end_process` without waiting for
   them, so atexit handlers run and the streams are flushed, but the modules are not torn down.
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> None:
     lean = LEAN_FLAG in argv
     if lean:
         lean_imports.defer_unused_clients([])
+    prepare_worker()
     sys.argv = [BEAM_WORKER_MAIN, *[arg for arg in argv if arg != LEAN_FLAG]]
     try:
         runpy.run_module(BEAM_WORKER_MAIN, run_name="__main__", alter_sys=True)
@@ -40,6 +42,15 @@ def main(argv: list[str]) -> None:
         code = finished.code
     end_process(code, wait_for_threads=False)
     sys.exit(code)
+
+
+def prepare_worker() -> None:
+    """What a medbeam worker has before Beam's worker main starts, as its driver has it: Beam's DoFn
+    introspection memoised and the state samplers' short sleep (medbeam.pipelines.beam_introspection).
+    The sampler's matters most here: every bundle's end waits for its sampler's current sleep."""
+    from medbeam.pipelines import beam_introspection
+
+    beam_introspection.install()
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.portability.fn_api_runner import fn_runner
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-from apache_beam.transforms.environments import SubprocessSDKEnvironment
+from apache_beam.transforms.environments import Environment, SubprocessSDKEnvironment
 
 from medbeam.cloud_hints import needs_cloud_clients
 from medbeam.io import files, tables
-from medbeam.pipelines import beam_introspection
+from medbeam.pipelines import beam_introspection, worker_pool
 from medbeam.transforms.progress import ProgressMonitor
 
 #: Estimated single-core seconds of work from which a local run uses every core.
@@ -172,7 +172,9 @@ def run_job(
         stages = dict(progress or {})
         with ProgressMonitor(progress_dir, stages, enabled=bool(stages) and show_progress and local_run) as monitor:
             lean = None if locations is None else not needs_cloud_clients([*map(str, locations), *beam_args])
-            workers = local_processes_runner(options, lean) if local_run else None
+            module = getattr(build, "__module__", None) or ""
+            preload = [module] if module.startswith("medbeam.") else []
+            workers = local_processes_runner(options, lean, preload) if local_run else None
             pipeline = beam.Pipeline(runner=workers, options=options)
             if progress is None:
                 build(pipeline)
@@ -204,13 +206,18 @@ class LocalProcessesRunner(FnApiRunner):
     subprocess environment, and the mode is restored afterwards.
     """
 
-    def __init__(self, lean: bool | None = None) -> None:
-        """`lean`: whether the workers start Beam without the cloud clients; None: as this process did."""
+    def __init__(self, lean: bool | None = None, preload: Sequence[str] = ()) -> None:
+        """`lean`: whether the workers start Beam without the cloud clients; None: as this process did.
+        `preload`: the job's medbeam modules, imported once by the zygote the workers fork from."""
         if lean is None:
             lean_imports = sys.modules.get("medbeam.cli.lean_imports")
             lean = lean_imports is not None and lean_imports.started_lean("apache_beam")
-        command = f"{sys.executable} -m medbeam.cli.sdk_worker" + (" --lean" if lean else "")  # its LEAN_FLAG
-        super().__init__(default_environment=SubprocessSDKEnvironment.from_command_string(command_string=command))
+        environment: Environment
+        if worker_pool.available():
+            environment = worker_pool.ForkedWorkersEnvironment.for_job(lean, preload)
+        else:
+            environment = SubprocessSDKEnvironment.from_command_string(worker_pool.worker_command(lean))
+        super().__init__(default_environment=environment)
 
     def run_pipeline(self, pipeline: beam.Pipeline, options: PipelineOptions) -> Any:
         direct = options.view_as(DirectOptions)
@@ -228,15 +235,19 @@ def _drop_in_memory_workers_note(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith(_IN_MEMORY_WORKERS_NOTE)
 
 
-def local_processes_runner(options: PipelineOptions, lean: bool | None = None) -> LocalProcessesRunner | None:
+def local_processes_runner(
+    options: PipelineOptions, lean: bool | None = None, preload: Sequence[str] = ()
+) -> LocalProcessesRunner | None:
     """The runner for a local run on medbeam's worker processes: FnApiRunner in `multi_processing`, else None
-    (any other runner, or mode, is left to Beam). `lean`: see LocalProcessesRunner."""
+    (any other runner, or mode, is left to Beam). `lean`, `preload`: see LocalProcessesRunner."""
     runner = options.view_as(StandardOptions).runner
     if runner not in ("FnApiRunner", fn_runner.FnApiRunner):
         return None
     if options.view_as(DirectOptions).direct_running_mode != "multi_processing":
         return None
-    return LocalProcessesRunner(lean)
+    runner = LocalProcessesRunner(lean, preload)
+    worker_pool.warm(runner._default_environment)  # noqa: SLF001 - Beam keeps it there
+    return runner
 
 
 
