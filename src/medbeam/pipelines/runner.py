@@ -7,8 +7,9 @@ tables into DuckDB (`load_tables`), and return a counts object whose summary() i
 Local runs: Beam's DirectRunner engine (FnApiRunner) is named outright, because Beam's DirectRunner would
 first try to download the Prism runner from GitHub (an offline machine waits for it, an online one silently
 switches to it). One rule for going multi-process: when the job's estimate of its work on one core is at
-least AUTO_PARALLEL_MIN_SECONDS, every core is used — worker processes cost ~5 s a run on this machine
-(importing Beam, shutting down), which smaller runs would not repay. Work that waits on a server (STOW-RS)
+least AUTO_PARALLEL_MIN_SECONDS, every core is used — worker processes cost ~2 s in the first run of a
+process on this machine (one import of Beam and the job's modules, in the zygote they are forked from, see
+medbeam.pipelines.worker_pool) and ~0.5 s in later ones, which smaller runs would not repay. Work that waits on a server (STOW-RS)
 uses threads instead. A user's own --direct_running_mode / --direct_num_workers always wins.
 """
 
@@ -199,11 +200,15 @@ class LocalProcessesRunner(FnApiRunner):
     """Beam's FnApiRunner for `multi_processing` local runs, with medbeam's worker processes.
 
     The same runner and the same parallelism (direct_num_workers SDK worker processes, bundles dealt among
-    them): only the command each worker starts with differs, `python -m medbeam.cli.sdk_worker`, which runs
-    Beam's worker main after the CLI's lean start-up (when the launcher had it) and ends it without module
-    teardown; ~3 s a run less on 2 workers (see medbeam.cli.sdk_worker). Beam picks its own worker command
-    when the mode is `multi_processing`, so the run is handed to it as `in_memory` with this runner's
-    subprocess environment, and the mode is restored afterwards.
+    them): only how each worker process starts differs. On Linux it is forked from medbeam's zygote, which
+    imported Beam (lean when the launcher was, or the job said so) and the job's modules once for the
+    process (medbeam.pipelines.worker_pool; started here, as the runner is made, so that its imports overlap
+    the pipeline's construction); elsewhere, or with MEDBEAM_WORKER_POOL=0, it is `python -m
+    medbeam.cli.sdk_worker`, Beam's worker main after the CLI's lean start-up and ended without module
+    teardown. Measured on 2 workers, a one-file run() took 4.8 s with Beam's own workers, 2.7-2.9 s with
+    medbeam's cold ones and 0.7-0.9 s forked (after the process's first run). Beam picks its own worker
+    command when the mode is `multi_processing`, so the run is handed to it as `in_memory` with this
+    runner's environment, and the mode is restored afterwards.
     """
 
     def __init__(self, lean: bool | None = None, preload: Sequence[str] = ()) -> None:
