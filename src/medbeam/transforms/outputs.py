@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Iterator
+from typing import Any, Tuple
 
 import apache_beam as beam
 import pyarrow as pa
@@ -25,6 +26,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.pvalue import PCollection
 
 from medbeam.io import files, tables
+
+#: (output path relative to its folder, written by this run?): what the co-group of old and new outputs keys.
+MARKED_PATH = Tuple[Any, bool]  # noqa: UP006 - Beam's type hints take typing's Tuple
 
 #: medbeam's own folder inside an output directory (manifest, and for some jobs the rejects table).
 OWN_SUBDIR = "_medbeam"
@@ -96,10 +100,14 @@ class ReplaceOutputs(beam.PTransform):
         output_dir = self._output_dir
         # A hand-made co-group (Flatten + GroupByKey): CoGroupByKey's extra steps cost the DirectRunner
         # ~25 ms each per run, which a one-file export feels.
+        # Declared, the type Beam infers for both anyway (Tuple[Any, bool]: the same coders): its inference
+        # walks the lambdas' bytecode and what they call, ~25 ms of every run's construction for these two.
         old = p | "Previous manifest" >> beam.Impulse() | "Read it" >> beam.FlatMap(
             lambda _: ((relative, False) for relative in previous_outputs(output_dir))
+        ).with_output_types(MARKED_PATH)
+        new = written | "Relative" >> beam.Map(lambda path: (relative_to(output_dir, path), True)).with_output_types(
+            MARKED_PATH
         )
-        new = written | "Relative" >> beam.Map(lambda path: (relative_to(output_dir, path), True))
         return (
             (old, new)
             | "Old and new" >> beam.Flatten()
