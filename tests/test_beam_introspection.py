@@ -204,3 +204,37 @@ def test_bundle_samplers_sleep_briefly_and_still_sample() -> None:
     assert statesampler.StateSampler("s", CounterFactory(), sampling_period_ms=50).sampling_period_ms == 50
     with beam.Pipeline() as p:  # bundles run, and finish, with the short sampler
         assert_that(p | beam.Create(range(100)) | beam.Map(lambda x: x * 2), equal_to([x * 2 for x in range(100)]))
+
+
+def test_state_cache_weights_are_beams():
+    """The memoised weigher gives Beam's statecache.get_deep_size answer, module globals left out alike,
+    also after a module is imported between two calls."""
+    import json
+    import sys
+    import types
+
+    import numpy as np
+    import pyarrow as pa
+
+    from medbeam.pipelines import beam_introspection
+
+    class Row:
+        def __init__(self) -> None:
+            self.values = {"a": [1, 2, 3], "b": "text" * 10, "shared": json.dumps}
+
+    values = [
+        [{"path": f"/data/{i}.dcm", "size": i} for i in range(50)],
+        np.zeros((64, 64), dtype=np.uint16),
+        pa.schema([("a", pa.int64()), ("b", pa.string())]),
+        (Row(), Row(), None, b"bytes" * 100),
+        {"module": beam_introspection, "globals": vars(json)},  # module dicts are left out by both
+    ]
+    for value in values:
+        assert beam_introspection.get_deep_size(value) == beam_introspection.beams_get_deep_size(value)
+    sys.modules["medbeam_test_new_module"] = new = types.ModuleType("medbeam_test_new_module")
+    try:
+        new.payload = list(range(1000))
+        holder = {"its globals": vars(new)}
+        assert beam_introspection.get_deep_size(holder) == beam_introspection.beams_get_deep_size(holder)
+    finally:
+        del sys.modules["medbeam_test_new_module"]
