@@ -314,3 +314,22 @@ def test_gs_without_credentials_fails_fast_saying_how_to_authenticate(tmp_path, 
     assert time.monotonic() - start < 30
     with pytest.raises(files.CredentialsError):
         files.check_writable_dir("gs://bucket/out", "--png-dir")
+
+
+def test_s3_options_of_reads_what_beams_get_all_options_keeps():
+    """The S3Options a pipeline passes to its Storage: the non-default ones, as get_all_options(drop_default)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+    from medbeam.io.files import s3_options_of
+
+    for flags in (
+        [],
+        ["--s3_endpoint_url=http://127.0.0.1:9000", "--s3_region_name=eu-west-1", "--s3_disable_ssl"],
+        ["--s3_access_key_id=key", "--s3_secret_access_key=secret", "--runner=FnApiRunner", "--s3_verify=false"],
+    ):
+        options = PipelineOptions(flags)
+        beams = options.view_as(S3Options).get_all_options(drop_default=True)
+        assert s3_options_of(options) == {k: v for k, v in beams.items() if k.startswith("s3_")}
+    set_later = PipelineOptions([])
+    set_later.view_as(S3Options).s3_endpoint_url = "http://127.0.0.1:9001"
+    assert s3_options_of(set_later) == {"s3_endpoint_url": "http://127.0.0.1:9001"}
