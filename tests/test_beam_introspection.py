@@ -200,7 +200,7 @@ def test_bundle_samplers_sleep_briefly_and_still_sample() -> None:
     beam_introspection.install()
     sampler = statesampler.StateSampler("step-", CounterFactory())
     assert isinstance(sampler, beam_introspection.beams_state_sampler)
-    assert sampler.sampling_period_ms == beam_introspection.SAMPLING_PERIOD_MS == 10
+    assert sampler.sampling_period_ms == beam_introspection.SAMPLING_PERIOD_MS == 2
     assert statesampler.StateSampler("s", CounterFactory(), sampling_period_ms=50).sampling_period_ms == 50
     with beam.Pipeline() as p:  # bundles run, and finish, with the short sampler
         assert_that(p | beam.Create(range(100)) | beam.Map(lambda x: x * 2), equal_to([x * 2 for x in range(100)]))

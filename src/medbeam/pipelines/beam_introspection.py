@@ -45,7 +45,8 @@ And one wait is cut short: each bundle's StateSampler (a thread that samples whi
 msec metrics) sleeps between samples, growing to 200 ms, and the bundle's end joins it, so waits for the
 current sleep. Measured in `dicom export` runs of 200-500 files: 133-184 ms of idle wall time a run in 13
 bundles, against 31-47 ms with the sleep capped at 20 ms. The local runner's samplers here sleep at most
-SAMPLING_PERIOD_MS (10 ms: ~100 wake-ups a second, each a lock and an addition without the GIL).
+SAMPLING_PERIOD_MS (2 ms: ~500 wake-ups a second, each a lock and an addition without the GIL). 10 → 2 ms:
+a one-file export 325 → 307 ms (medians of 12 alternated in-process runs), 500 CT slices 5.47 → 5.43 s.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def check_fn_use_yield_and_return(fn: Any) -> bool:
 
 
 #: The longest sleep of a bundle's state-sampling thread (Beam's default: 200 ms), see the module's doc.
-SAMPLING_PERIOD_MS = 10
+SAMPLING_PERIOD_MS = 2
 beams_state_sampler = statesampler.StateSampler
 
 
