@@ -9,8 +9,8 @@ first try to download the Prism runner from GitHub (an offline machine waits for
 switches to it). One rule for going multi-process: when the job's estimate of its work on one core is at
 least AUTO_PARALLEL_MIN_SECONDS, every core is used — worker processes cost ~2 s in the first run of a
 process on this machine (one import of Beam and the job's modules, in the zygote they are forked from, see
-medbeam.pipelines.worker_pool) and ~0.5 s in later ones, which smaller runs would not repay. Work that waits on a server (STOW-RS)
-uses threads instead. A user's own --direct_running_mode / --direct_num_workers always wins.
+medbeam.pipelines.worker_pool) and ~0.5 s in later ones, which smaller runs would not repay. Work that waits
+on a server (STOW-RS) uses threads instead. A user's own --direct_running_mode / --direct_num_workers always wins.
 """
 
 from __future__ import annotations
