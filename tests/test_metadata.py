@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import struct
 
 import pyarrow as pa
 import pydicom
@@ -284,13 +285,20 @@ def test_dicm_prefix_followed_by_random_bytes_is_not_an_instance():
             read_dataset(io.BytesIO(data))
 
 
+#: the VRs medbeam reads from an element's raw bytes instead of pydicom's conversion
+RAW_READ_VRS = {"AE", "AS", "CS", "UI", "US", "SS", "UL", "SL", "FL", "FD", "SV", "UV"}
+
+
 def _row_from_pydicom_values(ds: Dataset) -> dict:
-    """The row with the AE, AS, CS and UI elements converted by pydicom first (so none of them is read from
-    its raw bytes by medbeam)."""
+    """The row with the elements whose VRs medbeam reads from raw bytes converted by pydicom first (so none of
+    them is read from its raw bytes by medbeam)."""
     for tag in list(ds.keys()):
         raw = ds.get_item(tag, keep_deferred=True)
-        if not Tag(tag).is_private and getattr(raw, "VR", None) in {"AE", "AS", "CS", "UI"}:
-            ds[tag]
+        if not Tag(tag).is_private and getattr(raw, "VR", None) in RAW_READ_VRS:
+            try:
+                ds[tag]
+            except Exception:  # noqa: BLE001 - left raw: the row then reports pydicom's error itself
+                pass
     return instance_row(ds, path="p", file_size=1).values
 
 
@@ -317,6 +325,35 @@ def test_text_vrs_read_from_raw_bytes_equal_pydicoms_values(little_endian):
     assert fresh["ImageType"] == ["ORIGINAL", "PRIMARY", "", "AXIAL"]
     assert fresh["RetrieveAETitle"] == ["STORE_SCP", "ARCHIVE"] and fresh["BodyPartExamined"] == "CHÉST"
     assert fresh["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.2" and fresh.get("ConversionType") is None
+
+
+@pytest.mark.parametrize("little_endian", [True, False])
+def test_binary_numbers_read_from_raw_bytes_equal_pydicoms_values(little_endian):
+    """US, SS, UL, SL, FL and FD are unpacked from the raw bytes in the element's byte order: one value,
+    several, negative, empty and a length that is not a whole number of values give pydicom's answer."""
+    order = "<" if little_endian else ">"
+    ds = Dataset()
+    raw = {
+        0x00280010: ("US", struct.pack(order + "H", 512)),  # Rows
+        0x00280011: ("US", struct.pack(order + "H", 65535)),  # Columns, the largest US
+        0x00280106: ("SS", struct.pack(order + "h", -2000)),  # SmallestImagePixelValue
+        0x00181310: ("US", struct.pack(order + "4H", 0, 512, 480, 0)),  # AcquisitionMatrix, four values
+        0x00280008: ("IS", b"1"),
+        0x00209241: ("FL", struct.pack(order + "f", 0.5)),  # NominalCardiacTriggerTimePriorToRPeak
+        0x00189087: ("FD", struct.pack(order + "d", 1000.25)),  # DiffusionBValue
+        0x00186016: ("UL", struct.pack(order + "L", 4_000_000_000)),  # RegionFlags
+        0x00186020: ("SL", struct.pack(order + "2l", -7, 7)),  # ReferencePixelX0 (one by the dictionary)
+        0x00280102: ("US", b""),  # HighBit, empty
+        0x00280101: ("US", b"\x10\x00\x00"),  # BitsStored, three bytes: pydicom's to judge
+    }
+    for tag, (vr, value) in raw.items():
+        ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, little_endian)
+    fresh = instance_row(ds, path="p", file_size=1)
+    assert fresh.values == _row_from_pydicom_values(ds)
+    assert fresh.values["Rows"] == 512 and fresh.values["Columns"] == 65535
+    assert fresh.values["SmallestImagePixelValue"] == -2000 and fresh.values["AcquisitionMatrix"] == [0, 512, 480, 0]
+    assert fresh.values["DiffusionBValue"] == 1000.25 and fresh.values["RegionFlags"] == 4_000_000_000
+    assert fresh.values.get("HighBit") is None
 
 
 def test_rows_of_real_files_equal_rows_from_pydicoms_values():

@@ -30,6 +30,7 @@ import datetime as dt
 import functools
 import json
 import math
+import struct
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +91,8 @@ _BINARY_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 _ASCII_PARSED_VRS = {"IS", "DS", "DA", "TM", "DT"}
 #: Text VRs pydicom decodes with its default encoding whatever SpecificCharacterSet says.
 _DEFAULT_ENCODED_VRS = {"AE", "AS", "CS", "UI"}
+#: struct codes of the binary number VRs, whose raw bytes are unpacked here as pydicom's convert_numbers does
+_BINARY_NUMBER_CODES = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "FL": "f", "FD": "d", "SV": "q", "UV": "Q"}
 #: Text VRs whose trailing spaces only are insignificant (PS3.5 Table 6.2-1); other text VRs lose both.
 _TRAILING_ONLY_VRS = {"LT", "ST", "UT", "UC", "UR", "PN"}
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -203,6 +206,10 @@ def _raw_text(raw: RawDataElement | DataElement | None) -> str:
     if raw is None:
         return ""
     value = raw.value
+    code = _BINARY_NUMBER_CODES.get(getattr(raw, "VR", None) or "")
+    if code is not None and isinstance(raw, RawDataElement) and isinstance(value, bytes):
+        numbers = _unpack_numbers(value, code, raw.is_little_endian)  # the numbers, not their bytes as text
+        value = value if numbers is None else numbers
     if isinstance(value, bytes | bytearray):
         text = bytes(value).decode("latin-1")
     else:
@@ -463,8 +470,9 @@ def _text_or_value(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement,
     ASCII number/date VRs are parsed from their raw text by us: pydicom would silently truncate '1.5' to 1.
     AE, AS, CS and UI are decoded as pydicom decodes them (its default encoding whatever the character set,
     trailing spaces and NULs dropped, split at backslashes; values.convert_string, convert_UI and
-    convert_AE_string), without building and storing a DataElement per element (~25 µs each); every other
-    VR, and any element pydicom has already converted, is pydicom's value.
+    convert_AE_string), and US, SS, UL, SL, FL, FD, SV and UV are unpacked from their bytes in the element's
+    byte order (values.convert_numbers), without building and storing a DataElement per element (~25 µs
+    each); every other VR, and any element pydicom has already converted, is pydicom's value.
     """
     if raw_vr and isinstance(raw, RawDataElement) and isinstance(raw.value, bytes):
         if raw_vr in _ASCII_PARSED_VRS:
@@ -473,7 +481,23 @@ def _text_or_value(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement,
         if raw_vr in _DEFAULT_ENCODED_VRS:
             parts = raw.value.decode("latin-1").rstrip(" \x00").split("\\")
             return parts[0] if len(parts) == 1 else parts
+        code = _BINARY_NUMBER_CODES.get(raw_vr)
+        if code is not None:
+            numbers = _unpack_numbers(raw.value, code, raw.is_little_endian)
+            if numbers is not None:
+                return numbers
     return ds[tag].value
+
+
+def _unpack_numbers(data: bytes, code: str, little_endian: bool) -> Any:
+    """A binary number element's value (one number, or a list), None where pydicom should judge it (empty, or
+    a length that is not a whole number of values)."""
+    width = struct.calcsize("<" + code)  # the standard sizes (native "L" is 8 bytes here)
+    count, leftover = divmod(len(data), width)
+    if not count or leftover:
+        return None
+    numbers = struct.unpack(f"{'<' if little_endian else '>'}{count}{code}", data)
+    return numbers[0] if count == 1 else list(numbers)
 
 
 def _value_error(
