@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.pvalue import AsDict, PCollection
+from apache_beam.pvalue import AsDict, AsMultiMap, PCollection
 from apache_beam.transforms.window import GlobalWindows
 
 #: most items in one chunk, and most bytes (by ShardFormat.chunk_bytes) before a chunk is flushed
@@ -197,9 +197,10 @@ class _Finish(beam.DoFn):
         self._fmt = fmt
         self._groups = groups
 
-    def process(self, _: Any, written: dict[str, list[str]], sizes: dict[str, int], **side) -> Iterator[Any]:
+    def process(self, _: Any, written: Any, sizes: dict[str, int], **side) -> Iterator[Any]:
+        """`written`: the shards' paths as a multimap side input (group → paths; none for an empty group)."""
         for group in self._groups:
-            yield self._fmt.finish(group, sorted(written.get(group, [])), sizes.get(group, 0), side)
+            yield self._fmt.finish(group, sorted(written[group]), sizes.get(group, 0), side)
 
 
 class ShardedWrite(beam.PTransform):
@@ -234,9 +235,10 @@ class ShardedWrite(beam.PTransform):
             | "Group" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(_WriteShard(self._fmt), sizes, **self._side)
         )
-        collected = written | "Collect" >> beam.CombinePerKey(beam.combiners.ToListCombineFn())
+        # The written paths reach the finishing step as a multimap side input: no grouping stage of their own
+        # (a CombinePerKey into a list cost the local runner two more stages, ~4-5 ms each a run).
         return (
             p
             | f"{'+'.join(groups)}: finish" >> beam.Impulse()
-            | "Finish" >> beam.ParDo(_Finish(self._fmt, groups), AsDict(collected), sizes, **self._side)
+            | "Finish" >> beam.ParDo(_Finish(self._fmt, groups), AsMultiMap(written), sizes, **self._side)
         )
