@@ -34,7 +34,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.pvalue import AsDict, AsMultiMap, PCollection
+from apache_beam.pvalue import AsMultiMap, PCollection
 from apache_beam.transforms.window import GlobalWindows
 
 #: most items in one chunk, and most bytes (by ShardFormat.chunk_bytes) before a chunk is flushed
@@ -147,33 +147,36 @@ class _Chunk(beam.DoFn):
         self._chunks = {}
 
 
-class _Measure(beam.CombineFn):
-    """Sizes per group, from its chunks."""
+def _chunk_size(element: tuple[str, Any], fmt: ShardFormat) -> tuple[str, int]:
+    """A (group, chunk) → (its group, the chunk's contribution to the group's size)."""
+    group, chunk = element
+    return group, fmt.chunk_size(chunk)
 
-    def __init__(self, fmt: ShardFormat):
-        self._fmt = fmt
 
-    def create_accumulator(self) -> int:
-        return 0
+class _GroupSizes:
+    """Each group's size: the sum of its chunks' sizes, which arrive as a multimap side input (group → one
+    size per chunk), worked out once per group and DoFn instance (a batch side input is final before the
+    step that reads it starts). A multimap, not a CombinePerKey into a dict: no grouping stage of its own."""
 
-    def add_input(self, total: int, chunk: Any) -> int:
-        return total + self._fmt.chunk_size(chunk)
+    def __init__(self) -> None:
+        self._sums: dict[str, int] = {}
 
-    def merge_accumulators(self, totals: Iterable[int]) -> int:
-        return sum(totals)
-
-    def extract_output(self, total: int) -> int:
+    def of(self, group: str, chunk_sizes: Any) -> int:
+        total = self._sums.get(group)
+        if total is None:
+            total = self._sums[group] = sum(chunk_sizes[group])
         return total
 
 
 class _AssignShard(beam.DoFn):
     def __init__(self, fmt: ShardFormat):
         self._fmt = fmt
+        self._sizes = _GroupSizes()
 
-    def process(self, element: tuple[str, Any], sizes: dict[str, int]) -> Iterator[tuple[tuple[str, int], Any]]:
+    def process(self, element: tuple[str, Any], chunk_sizes: Any) -> Iterator[tuple[tuple[str, int], Any]]:
         """A chunk → one (group, shard) chunk per shard its items land in."""
         group, chunk = element
-        count = self._fmt.shard_count(group, sizes[group])
+        count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
         if count == 1:
             yield (group, 0), chunk
             return
@@ -184,11 +187,12 @@ class _AssignShard(beam.DoFn):
 class _WriteShard(beam.DoFn):
     def __init__(self, fmt: ShardFormat):
         self._fmt = fmt
+        self._sizes = _GroupSizes()
 
     # **side is left unannotated: Beam type-checks an annotated **kwargs against each side input.
-    def process(self, element: tuple[tuple[str, int], Iterable[Any]], sizes: dict[str, int], **side):
+    def process(self, element: tuple[tuple[str, int], Iterable[Any]], chunk_sizes: Any, **side):
         (group, index), chunks = element
-        count = self._fmt.shard_count(group, sizes[group])
+        count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
         yield group, self._fmt.write_chunks(group, index, count, chunks, side)
 
 
@@ -197,10 +201,11 @@ class _Finish(beam.DoFn):
         self._fmt = fmt
         self._groups = groups
 
-    def process(self, _: Any, written: Any, sizes: dict[str, int], **side) -> Iterator[Any]:
-        """`written`: the shards' paths as a multimap side input (group → paths; none for an empty group)."""
+    def process(self, _: Any, written: Any, chunk_sizes: Any, **side) -> Iterator[Any]:
+        """`written`, `chunk_sizes`: multimap side inputs, group → the shards' paths, its chunks' sizes (none
+        for an empty group)."""
         for group in self._groups:
-            yield self._fmt.finish(group, sorted(written[group]), sizes.get(group, 0), side)
+            yield self._fmt.finish(group, sorted(written[group]), sum(chunk_sizes[group]), side)
 
 
 class ShardedWrite(beam.PTransform):
@@ -228,7 +233,7 @@ class ShardedWrite(beam.PTransform):
             p = next(iter(items_by_group.values())).pipeline
             chunked = [items_by_group[g] | f"Chunk {g}" >> beam.ParDo(_Chunk(fmt, g)) for g in groups]
             items = chunked[0] if len(chunked) == 1 else chunked | "All items" >> beam.Flatten()
-        sizes = AsDict(items | "Measure" >> beam.CombinePerKey(_Measure(self._fmt)))
+        sizes = AsMultiMap(items | "Measure" >> beam.Map(_chunk_size, fmt))
         written = (
             items
             | "Shard" >> beam.ParDo(_AssignShard(self._fmt), sizes)
@@ -236,7 +241,7 @@ class ShardedWrite(beam.PTransform):
             | "Write" >> beam.ParDo(_WriteShard(self._fmt), sizes, **self._side)
         )
         # The written paths reach the finishing step as a multimap side input: no grouping stage of their own
-        # (a CombinePerKey into a list cost the local runner two more stages, ~4-5 ms each a run).
+        # (a CombinePerKey into lists cost the local runner one more stage, ~5 ms a run).
         return (
             p
             | f"{'+'.join(groups)}: finish" >> beam.Impulse()
