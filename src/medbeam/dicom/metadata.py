@@ -205,11 +205,8 @@ def _strip(text: str) -> str:
 def _raw_text(raw: RawDataElement | DataElement | None) -> str:
     if raw is None:
         return ""
-    value = raw.value
-    code = _BINARY_NUMBER_CODES.get(getattr(raw, "VR", None) or "")
-    if code is not None and isinstance(raw, RawDataElement) and isinstance(value, bytes):
-        numbers = _unpack_numbers(value, code, raw.is_little_endian)  # the numbers, not their bytes as text
-        value = value if numbers is None else numbers
+    numbers = _raw_numbers(raw)  # a binary number element's numbers, not its bytes as text
+    value = raw.value if numbers is None else numbers
     if isinstance(value, bytes | bytearray):
         text = bytes(value).decode("latin-1")
     else:
@@ -481,22 +478,23 @@ def _text_or_value(ds: Dataset, tag: BaseTag, raw: RawDataElement | DataElement,
         if raw_vr in _DEFAULT_ENCODED_VRS:
             parts = raw.value.decode("latin-1").rstrip(" \x00").split("\\")
             return parts[0] if len(parts) == 1 else parts
-        code = _BINARY_NUMBER_CODES.get(raw_vr)
-        if code is not None:
-            numbers = _unpack_numbers(raw.value, code, raw.is_little_endian)
-            if numbers is not None:
-                return numbers
+        numbers = _raw_numbers(raw)
+        if numbers is not None:
+            return numbers
     return ds[tag].value
 
 
-def _unpack_numbers(data: bytes, code: str, little_endian: bool) -> Any:
-    """A binary number element's value (one number, or a list), None where pydicom should judge it (empty, or
-    a length that is not a whole number of values)."""
+def _raw_numbers(raw: RawDataElement | DataElement | None) -> Any:
+    """A raw binary number element's value (one number, or a list) unpacked from its bytes in its byte order;
+    None for any other element, and where pydicom should judge (empty, or not a whole number of values)."""
+    code = _BINARY_NUMBER_CODES.get(getattr(raw, "VR", None) or "")
+    if code is None or not isinstance(raw, RawDataElement) or not isinstance(raw.value, bytes):
+        return None
     width = struct.calcsize("<" + code)  # the standard sizes (native "L" is 8 bytes here)
-    count, leftover = divmod(len(data), width)
+    count, leftover = divmod(len(raw.value), width)
     if not count or leftover:
         return None
-    numbers = struct.unpack(f"{'<' if little_endian else '>'}{count}{code}", data)
+    numbers = struct.unpack(f"{'<' if raw.is_little_endian else '>'}{count}{code}", raw.value)
     return numbers[0] if count == 1 else list(numbers)
 
 
