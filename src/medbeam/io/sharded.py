@@ -119,7 +119,7 @@ def split_items(fmt: ShardFormat, group: str, items: list[Any], count: int) -> I
 
 
 class _Chunk(beam.DoFn):
-    """Items (packed here) → (group, [packed items]) chunks, each of one group and one bundle.
+    """Items (packed here) → (group, chunk) pairs (the format's `pack_chunk`), each of one group and one bundle.
 
     `group=None`: the elements are (group, item) pairs; otherwise they are items of that group."""
 
@@ -130,7 +130,7 @@ class _Chunk(beam.DoFn):
     def start_bundle(self) -> None:
         self._chunks: dict[str, tuple[list[Any], list[int]]] = {}
 
-    def process(self, element: Any) -> Iterator[tuple[str, list[Any]]]:
+    def process(self, element: Any) -> Iterator[tuple[str, Any]]:
         group, item = element if self._group is None else (self._group, element)
         if self._pack:
             item = self._fmt.pack(group, item)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -203,7 +203,7 @@ class ReadCsvFn(beam.DoFn):
         return dicom_id, {"uri": uri, "dataset": dataset}
 
 
-def number_study_images(element: tuple[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+def number_study_images(element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """A study's metadata rows → (dicom_id, row + its image number: rank of the dicom_id in the study)."""
     _, rows = element
     for index, row in enumerate(sorted(rows, key=lambda r: (r["meta"].dicom_id, r["uri"]))):

@@ -60,11 +60,11 @@ class UntarFn(beam.DoFn):
         """medbeam's own folders (rejects table, output manifest) never take members."""
         return archives.is_under(output, self._reserved_dir) or archives.is_under(output, own_dir(self._output_dir))
 
-    def process(self, element: tuple[str, int]) -> Iterator[object]:
+    def process(self, element: tuple[str, int]) -> Iterator[Any]:
         yield from self._untar(*element)
         self._ticker.tick()
 
-    def _untar(self, archive: str, size: int) -> Iterator[object]:
+    def _untar(self, archive: str, size: int) -> Iterator[Any]:
         self._archives_in.inc()
 
         def output_path_for(member_path: str) -> str:
@@ -156,7 +156,7 @@ class PlanFn(beam.DoFn):
     def setup(self) -> None:
         self._regex = re.compile(self._pattern)
 
-    def process(self, element: tuple[str, tuple[int, int]]) -> Iterator[object]:
+    def process(self, element: tuple[str, tuple[int, int]]) -> Iterator[Any]:
         path, (index, size) = element
         self._files_in.inc()
         try:
@@ -176,7 +176,7 @@ class ResolveFn(beam.DoFn):
         self._rejected = _decompress_counter("rejected")
         self._collision = _decompress_counter("rejected.collision")
 
-    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator[object]:
+    def process(self, element: tuple[str, dict[str, Iterable]]) -> Iterator[Any]:
         output, groups = element
         plans = sorted(groups["plans"])
         if not plans:
