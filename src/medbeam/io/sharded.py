@@ -221,7 +221,7 @@ class ShardedWrite(beam.PTransform):
         self._side = dict(side or {})
         self._groups = list(groups) if groups is not None else None
 
-    def expand(self, items_by_group: dict[str, PCollection] | PCollection) -> PCollection:
+    def expand(self, items_by_group: Any) -> PCollection:  # dict of PCollections or one; Beam warns on a dict hint
         fmt = self._fmt
         if isinstance(items_by_group, PCollection):
             if not self._groups:
