@@ -32,11 +32,13 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
+from dicomweb_client import DICOMwebClient
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -141,7 +143,8 @@ def main() -> None:
             session = requests.Session()
             start = time.perf_counter()
             for path in paths:
-                body, content_type = dw.encode_multipart([path.read_bytes()])
+                content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
+                body = DICOMwebClient._encode_multipart_message([path.read_bytes()], content_type)  # noqa: SLF001
                 answer = session.post(
                     server.dicomweb_url + "/studies", data=body, headers={"Content-Type": content_type}, timeout=60
                 )
@@ -197,7 +200,9 @@ def main() -> None:
                 target = work / name.replace(" ", "_")
                 start = time.perf_counter()
                 counts = de.run(
-                    de.ExportConfig(png_dir=str(target / "png"), parquet_dir=str(target / "t"), progress=False, **source)
+                    de.ExportConfig(
+                        png_dir=str(target / "png"), parquet_dir=str(target / "t"), progress=False, **source
+                    )
                 )
                 results[name] = rate(counts.instances, total_bytes, time.perf_counter() - start)
                 assert counts.pngs == len(paths), counts
