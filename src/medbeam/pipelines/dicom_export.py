@@ -240,7 +240,9 @@ def build(
     ]
     rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
     if config.png_dir is not None:
-        rows[OUTPUTS_TABLE] = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE)
+        # Staged PNGs are published once per instance, after the grouping by instance: paths are unique.
+        unique = stager is not None
+        rows[OUTPUTS_TABLE] = written | "PNG manifest" >> ReplaceOutputs(config.png_dir, NAMESPACE, unique)
         table_specs.append(outputs_table(config.png_dir))
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, table_specs, config.rows_per_shard)
     if config.bigquery is not None:
