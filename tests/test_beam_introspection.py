@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import apache_beam as beam
 import pytest
 from apache_beam.coders import VarIntCoder
@@ -238,3 +240,53 @@ def test_state_cache_weights_are_beams():
         assert beam_introspection.get_deep_size(holder) == beam_introspection.beams_get_deep_size(holder)
     finally:
         del sys.modules["medbeam_test_new_module"]
+
+
+class _Hinted(beam.DoFn):
+    def process(self, element: tuple[str, int], *, scale: float = 1.0) -> Iterator[dict[str, int]]:
+        yield {element[0]: element[1]}
+
+
+class _HintedChild(_Hinted):
+    pass
+
+
+def _hinted(path: str) -> tuple[str, bool]:
+    return path, True
+
+
+def _unhinted(path):
+    return path
+
+
+def test_type_hints_are_beams_once_per_function_and_a_fresh_copy_each_time() -> None:
+    from apache_beam.typehints import decorators
+
+    beam_introspection.install()
+    for fn in (_hinted, _unhinted, _Hinted().process, _HintedChild().process, lambda x: x, str.upper, len):
+        mine, beams = decorators.IOTypeHints.from_callable(fn), beam_introspection.beams_from_callable(fn)
+        assert (mine is None) == (beams is None), fn
+        if beams is not None:
+            assert (mine.input_types, mine.output_types) == (beams.input_types, beams.output_types), fn
+    assert _hinted in beam_introspection._hints  # noqa: SLF001 - what is memoised
+    first = decorators.IOTypeHints.from_callable(_Hinted().process)
+    first.input_types[1]["scale"] = int  # a caller that changes its copy changes nothing shared
+    first.origin.append("changed")
+    again = decorators.IOTypeHints.from_callable(_Hinted().process)
+    assert again.input_types[1]["scale"] is not int and "changed" not in again.origin
+    assert again.output_types == ((beam.typehints.Iterator[beam.typehints.Dict[str, int]],), {})
+    original = _hinted.__annotations__
+    try:
+        _hinted.__annotations__ = {"path": "int", "return": "int"}
+        changed = decorators.IOTypeHints.from_callable(_hinted)
+        assert changed.input_types == ((int,), {}) and changed.output_types == ((int,), {})
+    finally:
+        _hinted.__annotations__ = original
+
+
+def test_type_hints_lookup_stays_off_where_beam_turns_it_off(monkeypatch) -> None:
+    from apache_beam.typehints import decorators
+
+    beam_introspection.install()
+    monkeypatch.setattr(decorators, "_disable_from_callable", True)
+    assert decorators.IOTypeHints.from_callable(_hinted) is None
