@@ -168,6 +168,7 @@ def test_a_corrupt_record_and_a_wrong_shape_image_are_rejects(models, records, t
         np.testing.assert_allclose(got[patient], want[patient], atol=1e-5)
 
 
+@pytest.mark.filterwarnings("error:The structure of `inputs`:UserWarning")  # a layer's sub-model takes one tensor
 def test_embed_with_a_keras_layer_and_the_cli(models, records, tmp_path):
     root, keras_model = models
     shards, images = records
@@ -180,7 +181,7 @@ def test_embed_with_a_keras_layer_and_the_cli(models, records, tmp_path):
     assert f"{N} records in, {N} rows written, 0 rejected" in result.output and "on the CPU" in result.output
     import keras
 
-    pooled = keras.Model(keras_model.inputs, keras_model.layers[1].output)
+    pooled = keras.Model(keras_model.inputs[0], keras_model.layers[1].output)
     want = _expected(pooled, images)
     with duckdb.connect(str(tmp_path / "e.duckdb"), read_only=True) as con:
         rows = dict(con.execute("SELECT patient, feature_vector FROM embeddings").fetchall())

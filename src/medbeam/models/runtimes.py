@@ -118,7 +118,10 @@ def _load_keras(spec: ModelSpec) -> LoadedModel:
             _gpu_unavailable("TensorFlow sees no GPU")
     model = keras.saving.load_model(_local(spec.path), compile=False)
     if spec.layer:
-        model = keras.Model(model.inputs, model.get_layer(spec.layer).output)
+        # One input as a tensor, not a list of one: called with a batch, a list-input model warns (Keras 3)
+        # that the structure differs.
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        model = keras.Model(inputs, model.get_layer(spec.layer).output)
     shape = tuple(model.input_shape[1:]) if isinstance(model.input_shape, tuple) else None
 
     def predict(batch: np.ndarray) -> np.ndarray:
