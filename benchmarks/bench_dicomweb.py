@@ -32,13 +32,11 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import requests
-from dicomweb_client import DICOMwebClient
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -143,8 +141,7 @@ def main() -> None:
             session = requests.Session()
             start = time.perf_counter()
             for path in paths:
-                content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
-                body = DICOMwebClient._encode_multipart_message([path.read_bytes()], content_type)  # noqa: SLF001
+                body, content_type = dw.stow_body([path.read_bytes()])
                 answer = session.post(
                     server.dicomweb_url + "/studies", data=body, headers={"Content-Type": content_type}, timeout=60
                 )

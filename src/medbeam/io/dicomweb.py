@@ -738,6 +738,13 @@ def failure_reason_text(reason: int | None, kind: str = "FailureReason") -> str:
     return f"{kind} 0x{reason:04X}" + (f" ({name})" if name else "")
 
 
+def stow_body(blobs: Sequence[bytes]) -> tuple[bytes, str]:
+    """A STOW-RS request's body for Part 10 files, byte for byte, and its Content-Type (a fresh boundary):
+    made by the library's multipart encoder."""
+    content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
+    return DICOMwebClient._encode_multipart_message(blobs, content_type), content_type  # noqa: SLF001
+
+
 def store_instances_bytes(client: DICOMwebClient, blobs: Sequence[bytes]) -> StowResult:
     """Store Part 10 files, byte for byte, in one STOW-RS request; the per-instance answer.
 
@@ -746,9 +753,8 @@ def store_instances_bytes(client: DICOMwebClient, blobs: Sequence[bytes]) -> Sto
     """
     # By hand, not the library's store_instances(): that one takes pydicom Datasets and writes them out
     # again, so the store would not get the files' own bytes; and its answer keeps no per-instance
-    # FailureReason. The body is made by the library's multipart encoder.
-    content_type = f'multipart/related; type="application/dicom"; boundary={uuid.uuid4().hex}'
-    body = DICOMwebClient._encode_multipart_message(blobs, content_type)  # noqa: SLF001
+    # FailureReason. The body is made by the library's multipart encoder (stow_body).
+    body, content_type = stow_body(blobs)
     url = f"{client.base_url}/studies"
     headers = {"Content-Type": content_type, "Accept": _JSON_ACCEPT}
     response = _send(client, "POST", url, ok=(409,), headers=headers, data=body)
