@@ -123,3 +123,48 @@ def test_rows_travel_in_chunks_and_land_in_the_same_shards_as_one_by_one(tmp_pat
         assert sorted(tables.read_table(str(out), "static").column("n").to_pylist()) == list(range(200))
         snapshots.append({name: data.replace(str(out).encode(), b"OUT") for name, data in _snapshot(out).items()})
     assert len(snapshots[0]) > 3 and all(s == snapshots[0] for s in snapshots[1:])
+
+
+def test_a_table_fed_by_several_steps_writes_what_one_step_would(tmp_path):
+    """Rows of one table from a list of PCollections (a job's rejects from each of its steps) are chunked
+    where they are made, without a Flatten: same shards, same bytes, same manifest as from one PCollection.
+    The list reaches the transform as its inputs, not as a value for Beam to Create."""
+    rows = [{"uri": f"u{i:03d}", "n": i} for i in range(40)]
+    specs = [tables.TableSpec("static", STATIC, ("uri",))]
+    options = beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])
+
+    with beam.Pipeline(options=options) as p:
+        _ = {"static": p | beam.Create(rows)} | tables.WriteTables(str(tmp_path / "one"), specs, 12)
+    with beam.Pipeline(options=options) as p:
+        parts = [p | f"Part {k}" >> beam.Create(rows[k::3]) for k in range(3)]
+        _ = {"static": parts} | "Write" >> tables.WriteTables(str(tmp_path / "three"), specs, 12)
+        labels = {t.full_label for t in p.transforms_stack[0].parts[-1].parts[0].parts}
+    assert {"Write/Shards/Chunk static 0", "Write/Shards/Chunk static 2"} <= labels
+    assert not any("CreatePInput" in t.full_label for t in p.transforms_stack[0].parts)
+
+    def normalised(out: Path) -> dict[str, bytes]:
+        return {name: data.replace(str(out).encode(), b"OUT") for name, data in _snapshot(out).items()}
+
+    one = normalised(tmp_path / "one")
+    assert tables.read_manifest(str(tmp_path / "three"), "static")["rows"] == 40
+    assert len([n for n in one if n.endswith(".parquet")]) == 4
+    assert normalised(tmp_path / "three") == one
+
+
+def test_the_export_writes_its_tables_without_a_flatten_of_rejects_or_a_measuring_step(tmp_path):
+    """Each such step was a stage of its own on the local runner (~1.5 ms a run each)."""
+    from medbeam.pipelines.dicom_export import ExportConfig, build
+    from tests.helpers import TEST_FILES
+
+    config = ExportConfig(
+        inputs=[str(TEST_FILES / "CT_small.dcm")], png_dir=str(tmp_path / "png"), parquet_dir=str(tmp_path / "t")
+    )
+    pipeline = beam.Pipeline()
+    build(pipeline, config)
+    labels, pending = set(), list(pipeline.transforms_stack[0].parts)
+    while pending:
+        applied = pending.pop()
+        labels.add(applied.full_label)
+        pending += applied.parts
+    assert {"Write tables/Shards/Chunk rejects 0", "Write tables/Shards/Chunk rejects 1"} <= labels
+    assert not any(label.startswith(("All rejects", "Write tables/Shards/Measure")) for label in labels)

@@ -1,8 +1,8 @@
 """The one deterministic sharded writer behind Parquet tables (io.tables) and TFRecord datasets (io.tfrecord).
 
-    (group, item) → chunks of a bundle's items per group → measure per group ─→ shard count ─┐
-                  → each chunk split by the stable shard of its items' keys ──────────────┴→ group by
-                    (group, shard) → sort → encode → write
+    (group, item) → chunks of a bundle's items per group, and each chunk's size ─→ group sizes ─┐
+                  → each chunk split by the stable shard of its items' keys ─────────────────┴→ group by
+                    (group, shard, shard count) → sort → encode → write → (path, size of the shard)
                   → per group: finish (manifest, stale shards of earlier runs deleted) → its result
 
 Why our own and not Beam's file sinks: those deal elements to shards from a random starting point per bundle
@@ -12,7 +12,11 @@ the measured size (rows or bytes) or is given, so a rerun writes byte-identical 
 written whole by one worker (and replaced on retry); the finishing step removes what an earlier run left.
 
 Several groups (the tables of one job) share every step: each transform costs the DirectRunner ~20 ms
-per run to build and execute, which small runs feel.
+per run to build and execute, which small runs feel. A group may come from several PCollections (a job's
+rejects come from each of its steps): each is chunked where it is made, so no Flatten of its own (a stage
+of its own on the local runner) comes before the chunks'. The chunk step also emits each chunk's size on
+a side output, read as one multimap side input per chunk step: the items then go from their producers
+straight to the shard step, without a measuring step (and another stage) in between.
 
 Items travel in chunks (a bundle's items of one group, up to CHUNK_ITEMS or CHUNK_BYTES), not one by one:
 every step an element takes (measure, shard, shuffle: encoded, grouped, decoded) costs Beam's per-element
@@ -34,12 +38,14 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.pvalue import AsMultiMap, PCollection
+from apache_beam.pvalue import AsMultiMap, PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 #: most items in one chunk, and most bytes (by ShardFormat.chunk_bytes) before a chunk is flushed
 CHUNK_ITEMS = 256
 CHUNK_BYTES = 4 << 20
+#: the chunk step's side output: (group, the chunk's contribution to its group's size), one per chunk
+SIZES = "sizes"
 
 
 def stable_shard(key: str, num_shards: int) -> int:
@@ -101,6 +107,10 @@ class ShardFormat:
         ordered = sorted((item for chunk in chunks for item in chunk), key=lambda item: self.sort_key(group, item))
         return self.write(group, index, count, ordered, side)
 
+    def finish(self, group: str, shards: list[str], size: int, side: dict[str, Any]) -> Any:
+        """After every shard of the group is written: manifest, stale shards removed; the group's result."""
+        raise NotImplementedError
+
 
 def split_items(fmt: ShardFormat, group: str, items: list[Any], count: int) -> Iterator[tuple[int, list[Any]]]:
     """(shard index, items) per shard that `items` land in, in index order; each item keeps its place."""
@@ -113,13 +123,10 @@ def split_items(fmt: ShardFormat, group: str, items: list[Any], count: int) -> I
     for index in sorted(by_shard):
         yield index, by_shard[index]
 
-    def finish(self, group: str, shards: list[str], size: int, side: dict[str, Any]) -> Any:
-        """After every shard of the group is written: manifest, stale shards removed; the group's result."""
-        raise NotImplementedError
-
 
 class _Chunk(beam.DoFn):
-    """Items (packed here) → (group, chunk) pairs (the format's `pack_chunk`), each of one group and one bundle.
+    """Items (packed here) → (group, chunk) pairs (the format's `pack_chunk`), each of one group and one bundle,
+    and on the SIZES output (group, the chunk's size) for each.
 
     `group=None`: the elements are (group, item) pairs; otherwise they are items of that group."""
 
@@ -139,61 +146,65 @@ class _Chunk(beam.DoFn):
         size[0] += self._fmt.chunk_bytes(item)
         if len(items) >= CHUNK_ITEMS or size[0] >= CHUNK_BYTES:
             del self._chunks[group]
-            yield group, self._fmt.pack_chunk(group, items)
+            chunk = self._fmt.pack_chunk(group, items)
+            yield group, chunk
+            yield TaggedOutput(SIZES, (group, self._fmt.chunk_size(chunk)))
 
     def finish_bundle(self) -> Iterator[Any]:
         for group, (items, _) in sorted(self._chunks.items()):
-            yield GlobalWindows.windowed_value((group, self._fmt.pack_chunk(group, items)))
+            chunk = self._fmt.pack_chunk(group, items)
+            yield GlobalWindows.windowed_value((group, chunk))
+            yield TaggedOutput(SIZES, GlobalWindows.windowed_value((group, self._fmt.chunk_size(chunk))))
         self._chunks = {}
 
 
-def _chunk_size(element: tuple[str, Any], fmt: ShardFormat) -> tuple[str, int]:
-    """A (group, chunk) → (its group, the chunk's contribution to the group's size)."""
-    group, chunk = element
-    return group, fmt.chunk_size(chunk)
-
-
 class _GroupSizes:
-    """Each group's size: the sum of its chunks' sizes, which arrive as a multimap side input (group → one
-    size per chunk), worked out once per group and DoFn instance (a batch side input is final before the
-    step that reads it starts). A multimap, not a CombinePerKey into a dict: no grouping stage of its own."""
+    """Each group's size: the sum of its chunks' sizes, which arrive as multimap side inputs (one per chunk
+    step: group → one size per chunk), worked out once per group and DoFn instance (a batch side input is
+    final before the step that reads it starts). Multimaps, not a CombinePerKey into a dict: no grouping
+    stage of their own."""
 
     def __init__(self) -> None:
         self._sums: dict[str, int] = {}
 
-    def of(self, group: str, chunk_sizes: Any) -> int:
+    def of(self, group: str, chunk_sizes: tuple[Any, ...]) -> int:
         total = self._sums.get(group)
         if total is None:
-            total = self._sums[group] = sum(chunk_sizes[group])
+            total = self._sums[group] = sum(size for sizes in chunk_sizes for size in sizes[group])
         return total
 
 
 class _AssignShard(beam.DoFn):
+    """A chunk → one ((group, shard, shard count), chunk) per shard its items land in. The only step that
+    reads the sizes: the count travels in the key, so the writers and the finishing step need no side input
+    of sizes (each side input costs every run two pickles, and each reader its own read)."""
+
     def __init__(self, fmt: ShardFormat):
         self._fmt = fmt
         self._sizes = _GroupSizes()
 
-    def process(self, element: tuple[str, Any], chunk_sizes: Any) -> Iterator[tuple[tuple[str, int], Any]]:
-        """A chunk → one (group, shard) chunk per shard its items land in."""
+    def process(self, element: tuple[str, Any], *chunk_sizes: Any) -> Iterator[tuple[tuple[str, int, int], Any]]:
         group, chunk = element
         count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
         if count == 1:
-            yield (group, 0), chunk
+            yield (group, 0, count), chunk
             return
         for index, part in self._fmt.split_chunk(group, chunk, count):
-            yield (group, index), part
+            yield (group, index, count), part
 
 
 class _WriteShard(beam.DoFn):
+    """A shard's chunks → (group, (the shard's path, its items' size)): the finishing step sums the sizes."""
+
     def __init__(self, fmt: ShardFormat):
         self._fmt = fmt
-        self._sizes = _GroupSizes()
 
     # **side is left unannotated: Beam type-checks an annotated **kwargs against each side input.
-    def process(self, element: tuple[tuple[str, int], Iterable[Any]], chunk_sizes: Any, **side):
-        (group, index), chunks = element
-        count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
-        yield group, self._fmt.write_chunks(group, index, count, chunks, side)
+    def process(self, element: tuple[tuple[str, int, int], Iterable[Any]], **side):
+        (group, index, count), chunks = element
+        chunks = list(chunks)
+        size = sum(self._fmt.chunk_size(chunk) for chunk in chunks)
+        yield group, (self._fmt.write_chunks(group, index, count, chunks, side), size)
 
 
 class _Finish(beam.DoFn):
@@ -201,15 +212,18 @@ class _Finish(beam.DoFn):
         self._fmt = fmt
         self._groups = groups
 
-    def process(self, _: Any, written: Any, chunk_sizes: Any, **side) -> Iterator[Any]:
-        """`written`, `chunk_sizes`: multimap side inputs, group → the shards' paths, its chunks' sizes (none
-        for an empty group)."""
+    def process(self, _: Any, written: Any, **side) -> Iterator[Any]:
+        """`written`: a multimap side input, group → (path, size) of each shard written (none for an empty
+        group)."""
         for group in self._groups:
-            yield self._fmt.finish(group, sorted(written[group]), sum(chunk_sizes[group]), side)
+            shards = list(written[group])
+            paths = sorted(path for path, _ in shards)
+            yield self._fmt.finish(group, paths, sum(size for _, size in shards), side)
 
 
 class ShardedWrite(beam.PTransform):
     """`{group: items} | ShardedWrite(fmt, side={name: side input})`: one result per group (from `finish`).
+    A group's items may be a list of PCollections: each is chunked where it is made (no Flatten first).
 
     Or `(group, item) pairs | ShardedWrite(fmt, groups=[...])`, for items already tagged with their group
     (one step fewer per group than a dict of PCollections).
@@ -221,29 +235,54 @@ class ShardedWrite(beam.PTransform):
         self._side = dict(side or {})
         self._groups = list(groups) if groups is not None else None
 
+    def _extract_input_pvalues(self, pvalueish: Any) -> Any:
+        return super()._extract_input_pvalues(lists_as_tuples(pvalueish))
+
     def expand(self, items_by_group: Any) -> PCollection:  # dict of PCollections or one; Beam warns on a dict hint
         fmt = self._fmt
         if isinstance(items_by_group, PCollection):
             if not self._groups:
                 raise ValueError("ShardedWrite over (group, item) pairs needs groups=[...]")
             groups, p = self._groups, items_by_group.pipeline
-            items = items_by_group | "Chunk" >> beam.ParDo(_Chunk(fmt))
+            chunked = [items_by_group | "Chunk" >> beam.ParDo(_Chunk(fmt)).with_outputs(SIZES, main="chunks")]
         else:
             groups = list(items_by_group)
-            p = next(iter(items_by_group.values())).pipeline
-            chunked = [items_by_group[g] | f"Chunk {g}" >> beam.ParDo(_Chunk(fmt, g)) for g in groups]
-            items = chunked[0] if len(chunked) == 1 else chunked | "All items" >> beam.Flatten()
-        sizes = AsMultiMap(items | "Measure" >> beam.Map(_chunk_size, fmt))
+            chunked = []
+            for g in groups:
+                sources = _sources(g, items_by_group[g])
+                for i, source in enumerate(sources):
+                    label = f"Chunk {g}" if len(sources) == 1 else f"Chunk {g} {i}"
+                    chunked.append(source | label >> beam.ParDo(_Chunk(fmt, g)).with_outputs(SIZES, main="chunks"))
+            p = chunked[0].chunks.pipeline
+        items = chunked[0].chunks if len(chunked) == 1 else [c.chunks for c in chunked] | "All items" >> beam.Flatten()
+        sizes = [AsMultiMap(c[SIZES]) for c in chunked]
         written = (
             items
-            | "Shard" >> beam.ParDo(_AssignShard(self._fmt), sizes)
+            | "Shard" >> beam.ParDo(_AssignShard(self._fmt), *sizes)
             | "Group" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(_WriteShard(self._fmt), sizes, **self._side)
+            | "Write" >> beam.ParDo(_WriteShard(self._fmt), **self._side)
         )
         # The written paths reach the finishing step as a multimap side input: no grouping stage of their own
         # (a CombinePerKey into lists cost the local runner one more stage, ~5 ms a run).
         return (
             p
             | f"{'+'.join(groups)}: finish" >> beam.Impulse()
-            | "Finish" >> beam.ParDo(_Finish(self._fmt, groups), AsMultiMap(written), sizes, **self._side)
+            | "Finish" >> beam.ParDo(_Finish(self._fmt, groups), AsMultiMap(written), **self._side)
         )
+
+
+def lists_as_tuples(pvalueish: Any) -> Any:
+    """`{group: [pcoll, …]}` → `{group: (pcoll, …)}`, for a transform's `_extract_input_pvalues` (Beam's hook
+    for multi-input transforms): Beam takes a tuple's members as inputs but a list for a value to Create,
+    which would turn a list of PCollections into a PCollection of PCollection objects."""
+    if isinstance(pvalueish, dict):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in pvalueish.items()}
+    return pvalueish
+
+
+def _sources(group: str, items: Any) -> list[PCollection]:
+    """A group's items: one PCollection, or a tuple of them."""
+    sources = [items] if isinstance(items, PCollection) else list(items) if isinstance(items, tuple) else []
+    if not sources or not all(isinstance(s, PCollection) for s in sources):
+        raise ValueError(f"ShardedWrite: the items of {group!r} must be a PCollection or a non-empty list of them")
+    return sources

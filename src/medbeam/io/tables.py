@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam.pvalue import AsDict, PCollection
 
 from medbeam.io import files
-from medbeam.io.sharded import ShardedWrite, ShardFormat, split_items
+from medbeam.io.sharded import ShardedWrite, ShardFormat, lists_as_tuples, split_items
 
 MANIFEST = "_manifest.json"
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -259,7 +259,8 @@ class _ParquetTables(ShardFormat):
 
 
 class WriteTables(beam.PTransform):
-    """Write dict rows as Parquet tables under one directory: `{name: rows} | WriteTables(dir, specs)`.
+    """Write dict rows as Parquet tables under one directory: `{name: rows} | WriteTables(dir, specs)`, where
+    `rows` is a PCollection or a list of them (a job's rejects from each of its steps: no Flatten needed).
 
     The tables share one count, one shuffle and one finishing step (io.sharded.ShardedWrite), on purpose:
     every transform costs the DirectRunner ~20 ms per run to build and execute (measured on the 2-core
@@ -274,6 +275,9 @@ class WriteTables(beam.PTransform):
         self._table_dirs = {spec.name: spec.table_dir or table_dir for spec in specs}
         self._specs = list(specs)
         self._rows_per_shard = rows_per_shard
+
+    def _extract_input_pvalues(self, pvalueish: Any) -> Any:
+        return super()._extract_input_pvalues(lists_as_tuples(pvalueish))
 
     def expand(self, rows_by_table: Any) -> PCollection:  # a dict[str, PCollection]; Beam warns on that hint
         names = [spec.name for spec in self._specs]

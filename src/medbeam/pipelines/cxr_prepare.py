@@ -399,7 +399,7 @@ def build(p: beam.Pipeline, config: CxrConfig, ticker: ProgressTicker | None = N
         tables.TableSpec(LABELS_TABLE, labels_schema(layout), ("path",)),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
-    rows = {LABELS_TABLE: table_rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
+    rows = {LABELS_TABLE: table_rows, REJECTS_TABLE: rejects}
     if config.output_jpg_dir is not None:
         written = records | "Write JPGs" >> beam.ParDo(_WriteJpgFn(config.output_jpg_dir, storage))
         rows["outputs"] = written | "JPG manifest" >> ReplaceOutputs(config.output_jpg_dir, NAMESPACE)

@@ -150,7 +150,7 @@ def build(p: beam.Pipeline, config: DecompressConfig, ticker: ProgressTicker | N
     decompressed = resolved.jobs | "Decompress" >> beam.ParDo(
         DecompressFn(config.limits, files.Storage(files.s3_options_of(p.options)), ticker)
     ).with_outputs(WRITTEN, main="failed")
-    rows = {REJECTS_TABLE: [planned[REJECTS], resolved[REJECTS], decompressed.failed] | "All rejects" >> beam.Flatten()}
+    rows = {REJECTS_TABLE: [planned[REJECTS], resolved[REJECTS], decompressed.failed]}
     specs = [tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage"))]
     if config.output_dir is not None:  # copies beside their inputs have no folder of their own to manifest
         rows[OUTPUTS_TABLE] = decompressed[WRITTEN] | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)

@@ -215,7 +215,7 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
         specs.append(
             tables.TableSpec(MAPPING_TABLE, MAPPING_SCHEMA, ("kind", "original"), table_dir=config.mapping_out)
         )
-    rows[REJECTS_TABLE] = rejects | "All rejects" >> beam.Flatten()
+    rows[REJECTS_TABLE] = rejects
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
     if config.bigquery is not None:
         from medbeam.transforms.bigquery import load_into_bigquery

@@ -238,7 +238,7 @@ def build(
         ),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
-    rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects | "All rejects" >> beam.Flatten()}
+    rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects}
     if config.png_dir is not None:
         # Staged PNGs are published once per instance, after the grouping by instance: paths are unique.
         unique = stager is not None

@@ -175,7 +175,7 @@ def build(
     ]
     manifests = {
         IMPORT_TABLE: sent.rows,
-        REJECTS_TABLE: [inspected[REJECTS], sent[REJECTS]] | "All rejects" >> beam.Flatten(),
+        REJECTS_TABLE: [inspected[REJECTS], sent[REJECTS]],
     } | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
     if config.bigquery is not None:
         from medbeam.transforms.bigquery import load_into_bigquery

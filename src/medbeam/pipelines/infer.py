@@ -157,7 +157,7 @@ def build(p: beam.Pipeline, config: InferConfig, plugin: Any, shards: list[str])
     main, dead = prepared.inputs | "RunInference" >> RunInference(handler).with_exception_handling()
     rows = main | "To rows" >> beam.ParDo(ToRowFn(plugin, config.mode == "embed")).with_outputs(REJECTS, main="rows")
     failed = dead.failed_inferences | "Failed batches" >> beam.ParDo(FailedBatchesFn())
-    rejects = [records[REJECTS], prepared[REJECTS], rows[REJECTS], failed] | "All rejects" >> beam.Flatten()
+    rejects = [records[REJECTS], prepared[REJECTS], rows[REJECTS], failed]
     key_columns = tuple(plugin.id_columns)
     specs = [
         tables.TableSpec(config.table, table_schema(config, plugin), key_columns),

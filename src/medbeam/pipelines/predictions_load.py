@@ -161,7 +161,7 @@ def build(p: beam.Pipeline, config: PredictionsLoadConfig, ticker: ProgressTicke
     ]
     rows = {
         config.table: converted.rows,
-        REJECTS_TABLE: [read[REJECTS], converted[REJECTS]] | "All rejects" >> beam.Flatten(),
+        REJECTS_TABLE: [read[REJECTS], converted[REJECTS]],
     }
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)
     if config.bigquery is not None:

@@ -131,7 +131,7 @@ def build(p: beam.Pipeline, config: UntarConfig, ticker: ProgressTicker | None =
         | "Output manifest" >> ReplaceOutputs(config.output_dir, NAMESPACE)
     )
     manifests = {
-        REJECTS_TABLE: [untarred[REJECTS], collisions] | "All rejects" >> beam.Flatten(),
+        REJECTS_TABLE: [untarred[REJECTS], collisions],
         OUTPUTS_TABLE: manifest,
     } | "Write tables" >> tables.WriteTables(
         config.rejects_dir,
