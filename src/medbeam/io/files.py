@@ -139,6 +139,17 @@ def list_files_with_sizes(pattern: str) -> list[tuple[str, int]]:
     return sorted((m.path, m.size_in_bytes) for m in result.metadata_list if not m.path.endswith("/"))
 
 
+def matched_files(pattern: str) -> Iterator[tuple[str, int]]:
+    """(path, size) of every file `pattern` matches (folders left out). Like Beam's MatchAll by default, a
+    pattern without a wildcard that matches nothing is an error (a glob may match nothing)."""
+    found = False
+    for match in FileSystems.match([pattern])[0].metadata_list:
+        found = True
+        yield from path_and_size(match)
+    if not found and not is_glob(pattern):
+        raise FileNotFoundError(f"no file matches {pattern}")
+
+
 def path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
     """A match's (path, size), unless it is a folder (object stores list `prefix/` placeholders)."""
     if not match.path.endswith("/"):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 
 from medbeam.dicom import burned_in
 from medbeam.dicom.deidentify import DeidOptions
@@ -51,6 +50,7 @@ from medbeam.transforms.deidentify import (
     mapping_row,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.inputs import MatchFiles
 from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
 from medbeam.transforms.progress import ProgressTicker
 
@@ -160,12 +160,7 @@ def build(p: beam.Pipeline, config: DeidentifyConfig, *, ticker: ProgressTicker 
     """Wire the de-identification into `p`."""
     storage = files.Storage(files.s3_options_of(p.options))
     patterns = [files.input_pattern(i) for i in config.inputs]
-    matched = (
-        p
-        | "Patterns" >> beam.Create(patterns)
-        | "Match" >> fileio.MatchAll()
-        | "Files" >> beam.FlatMap(files.path_and_size)
-    )
+    matched = p | "Match" >> MatchFiles(patterns)
     if len(set(patterns)) > 1:
         matched = matched | "Distinct" >> beam.Distinct()
     if not runner.runs_in_one_local_worker(p.options):

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 
 from medbeam.dicom.render import RenderOptions
 from medbeam.io import files, tables
@@ -49,6 +48,7 @@ from medbeam.transforms.dicom import (
     RenderInstanceFn,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.inputs import MatchFiles
 from medbeam.transforms.outputs import OUTPUTS_TABLE, ReplaceOutputs, outputs_table
 from medbeam.transforms.progress import ProgressTicker
 
@@ -170,12 +170,7 @@ def build(
     )
     if config.dicomweb is None:
         patterns = [files.input_pattern(i) for i in config.inputs]
-        instances = (
-            p
-            | "Patterns" >> beam.Create(patterns)
-            | "Match" >> fileio.MatchAll()
-            | "Files only" >> beam.FlatMap(files.path_and_size)
-        )
+        instances = p | "Match" >> MatchFiles(patterns)
         if len(set(patterns)) > 1:
             instances = instances | "Distinct" >> beam.Distinct()  # overlapping patterns: no duplicate rows
         opener, inline_renderer = FileOpener(storage), None

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.pvalue import AsSingleton
 
 from medbeam.io import dicomweb, files, tables
@@ -43,9 +42,9 @@ from medbeam.transforms.dicom_import import (
     KeyForBatching,
     PlanBatchesFn,
     StowBatchFn,
-    path_and_size,
 )
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
+from medbeam.transforms.inputs import MatchFiles
 from medbeam.transforms.progress import ProgressTicker
 
 logger = logging.getLogger(__name__)
@@ -148,9 +147,7 @@ def build(
     patterns = [files.input_pattern(i) for i in config.inputs]
     matched = (
         p
-        | "Patterns" >> beam.Create(patterns)
-        | "Match" >> fileio.MatchAll()
-        | "Files only" >> beam.FlatMap(path_and_size)
+        | "Match" >> MatchFiles(patterns)
         | "Distinct" >> beam.Distinct()
         | "Spread files" >> beam.Reshuffle()
     )
