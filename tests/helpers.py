@@ -15,6 +15,7 @@ import shutil
 import socket
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -114,3 +115,13 @@ def zst(data: bytes) -> bytes:
     import pyarrow as pa
 
     return pa.Codec("zstd").compress(data, asbytes=True)
+
+
+def transform_labels(pipeline: Any) -> set[str]:
+    """Every applied transform's full label in a built (not run) Beam pipeline, nested ones included."""
+    labels, pending = set(), list(pipeline.transforms_stack[0].parts)
+    while pending:
+        applied = pending.pop()
+        labels.add(applied.full_label)
+        pending += applied.parts
+    return labels

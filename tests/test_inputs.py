@@ -8,6 +8,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from medbeam.io import files
 from medbeam.transforms.inputs import MatchFiles
+from tests.helpers import transform_labels
 
 
 def _expected(root):
@@ -22,22 +23,12 @@ def _tree(tmp_path):
     return tmp_path
 
 
-def _leaf_labels(p: beam.Pipeline) -> list[str]:
-    labels, pending = [], list(p.transforms_stack[0].parts)
-    while pending:
-        applied = pending.pop()
-        if not applied.parts:
-            labels.append(applied.full_label)
-        pending += applied.parts
-    return labels
-
-
 def test_one_pattern_is_listed_in_two_steps_with_sizes_and_no_folders(tmp_path):
     root = _tree(tmp_path)
     with beam.Pipeline() as p:
         found = p | "Match" >> MatchFiles([files.input_pattern(str(root))])
         assert_that(found, equal_to(_expected(root)))
-        steps = sorted(label for label in _leaf_labels(p) if label.startswith("Match/"))
+        steps = sorted(label for label in transform_labels(p) if label.startswith("Match/"))
         assert steps == ["Match/Match", "Match/Start"]
 
 

@@ -9,17 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from medbeam.pipelines.dicom_export import ExportConfig, build
 from medbeam.transforms.outputs import ReplaceOutputs, has_manifest
-from tests.helpers import TEST_FILES
-
-
-def _labels(pipeline: beam.Pipeline) -> set[str]:
-    """Every applied transform's full label, nested ones included."""
-    labels, pending = set(), list(pipeline.transforms_stack[0].parts)
-    while pending:
-        applied = pending.pop()
-        labels.add(applied.full_label)
-        pending += applied.parts
-    return labels
+from tests.helpers import TEST_FILES, transform_labels
 
 
 def _export_labels(png_dir: Path, tmp_path: Path) -> set[str]:
@@ -28,7 +18,7 @@ def _export_labels(png_dir: Path, tmp_path: Path) -> set[str]:
     )
     pipeline = beam.Pipeline()
     build(pipeline, config)
-    return _labels(pipeline)
+    return transform_labels(pipeline)
 
 
 def test_first_export_into_a_folder_lists_its_pngs_without_grouping_then_a_rerun_co_groups(tmp_path):

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medbeam.io import tables
+from tests.helpers import transform_labels
 
 STATIC = pa.schema([("uri", pa.string()), ("n", pa.int64())])
 COMPUTED = pa.schema([("path", pa.string()), ("size", pa.int64())])
@@ -138,9 +139,9 @@ def test_a_table_fed_by_several_steps_writes_what_one_step_would(tmp_path):
     with beam.Pipeline(options=options) as p:
         parts = [p | f"Part {k}" >> beam.Create(rows[k::3]) for k in range(3)]
         _ = {"static": parts} | "Write" >> tables.WriteTables(str(tmp_path / "three"), specs, 12)
-        labels = {t.full_label for t in p.transforms_stack[0].parts[-1].parts[0].parts}
+        labels = transform_labels(p)
     assert {"Write/Shards/Chunk static 0", "Write/Shards/Chunk static 2"} <= labels
-    assert not any("CreatePInput" in t.full_label for t in p.transforms_stack[0].parts)
+    assert not any("CreatePInput" in label for label in labels)
 
     def normalised(out: Path) -> dict[str, bytes]:
         return {name: data.replace(str(out).encode(), b"OUT") for name, data in _snapshot(out).items()}
@@ -161,10 +162,6 @@ def test_the_export_writes_its_tables_without_a_flatten_of_rejects_or_a_measurin
     )
     pipeline = beam.Pipeline()
     build(pipeline, config)
-    labels, pending = set(), list(pipeline.transforms_stack[0].parts)
-    while pending:
-        applied = pending.pop()
-        labels.add(applied.full_label)
-        pending += applied.parts
+    labels = transform_labels(pipeline)
     assert {"Write tables/Shards/Chunk rejects 0", "Write tables/Shards/Chunk rejects 1"} <= labels
     assert not any(label.startswith(("All rejects", "Write tables/Shards/Measure")) for label in labels)

@@ -221,7 +221,20 @@ class _Finish(beam.DoFn):
             yield self._fmt.finish(group, paths, sum(size for _, size in shards), side)
 
 
-class ShardedWrite(beam.PTransform):
+class TakesListsOfInputs:
+    """For a PTransform applied to `{group: PCollection or a list of them}` (ShardedWrite, WriteTables).
+
+    Beam takes a tuple's members as a transform's inputs but a list for a value to Create, which would turn
+    a list of PCollections into a PCollection of PCollection objects; this passes lists on as tuples through
+    `_extract_input_pvalues`, Beam's hook for multi-input transforms."""
+
+    def _extract_input_pvalues(self, pvalueish: Any) -> Any:
+        if isinstance(pvalueish, dict):
+            pvalueish = {k: tuple(v) if isinstance(v, list) else v for k, v in pvalueish.items()}
+        return super()._extract_input_pvalues(pvalueish)  # type: ignore[misc]
+
+
+class ShardedWrite(TakesListsOfInputs, beam.PTransform):
     """`{group: items} | ShardedWrite(fmt, side={name: side input})`: one result per group (from `finish`).
     A group's items may be a list of PCollections: each is chunked where it is made (no Flatten first).
 
@@ -234,9 +247,6 @@ class ShardedWrite(beam.PTransform):
         self._fmt = fmt
         self._side = dict(side or {})
         self._groups = list(groups) if groups is not None else None
-
-    def _extract_input_pvalues(self, pvalueish: Any) -> Any:
-        return super()._extract_input_pvalues(lists_as_tuples(pvalueish))
 
     def expand(self, items_by_group: Any) -> PCollection:  # dict of PCollections or one; Beam warns on a dict hint
         fmt = self._fmt
@@ -269,15 +279,6 @@ class ShardedWrite(beam.PTransform):
             | f"{'+'.join(groups)}: finish" >> beam.Impulse()
             | "Finish" >> beam.ParDo(_Finish(self._fmt, groups), AsMultiMap(written), **self._side)
         )
-
-
-def lists_as_tuples(pvalueish: Any) -> Any:
-    """`{group: [pcoll, …]}` → `{group: (pcoll, …)}`, for a transform's `_extract_input_pvalues` (Beam's hook
-    for multi-input transforms): Beam takes a tuple's members as inputs but a list for a value to Create,
-    which would turn a list of PCollections into a PCollection of PCollection objects."""
-    if isinstance(pvalueish, dict):
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in pvalueish.items()}
-    return pvalueish
 
 
 def _sources(group: str, items: Any) -> list[PCollection]:

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from apache_beam.pvalue import AsDict, PCollection
 
 from medbeam.io import files
-from medbeam.io.sharded import ShardedWrite, ShardFormat, lists_as_tuples, split_items
+from medbeam.io.sharded import ShardedWrite, ShardFormat, TakesListsOfInputs, split_items
 
 MANIFEST = "_manifest.json"
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -258,7 +258,7 @@ class _ParquetTables(ShardFormat):
         return manifest_path(table_dir, name)
 
 
-class WriteTables(beam.PTransform):
+class WriteTables(TakesListsOfInputs, beam.PTransform):
     """Write dict rows as Parquet tables under one directory: `{name: rows} | WriteTables(dir, specs)`, where
     `rows` is a PCollection or a list of them (a job's rejects from each of its steps: no Flatten needed).
 
@@ -275,9 +275,6 @@ class WriteTables(beam.PTransform):
         self._table_dirs = {spec.name: spec.table_dir or table_dir for spec in specs}
         self._specs = list(specs)
         self._rows_per_shard = rows_per_shard
-
-    def _extract_input_pvalues(self, pvalueish: Any) -> Any:
-        return super()._extract_input_pvalues(lists_as_tuples(pvalueish))
 
     def expand(self, rows_by_table: Any) -> PCollection:  # a dict[str, PCollection]; Beam warns on that hint
         names = [spec.name for spec in self._specs]
