@@ -17,17 +17,29 @@ COMPUTED = pa.schema([("path", pa.string()), ("size", pa.int64())])
 EMPTY_FALLBACK = pa.schema([("path", pa.string())])
 
 
+class _UnionOfColumns(beam.CombineFn):
+    """Column types (dicts) → the schema of their union, in COMPUTED's column order."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, types: dict) -> dict:
+        return {**acc, **types}
+
+    def merge_accumulators(self, accs) -> dict:
+        return {k: v for acc in accs for k, v in acc.items()}
+
+    def extract_output(self, acc: dict) -> pa.Schema:
+        return pa.schema([f for f in COMPUTED if f.name in acc])
+
+
 def _write(out: Path, static_rows: list[dict], computed_rows: list[dict], rows_per_shard: int) -> None:
     with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])) as p:
         computed = p | "Computed" >> beam.Create(computed_rows)
-        schema = (
-            computed
-            | "Types" >> beam.Map(lambda _: COMPUTED)
-            | "One schema" >> beam.CombineGlobally(lambda schemas: next(iter(schemas), None)).without_defaults()
-        )
+        parts = computed | "Types" >> beam.Map(lambda row: {name: COMPUTED.field(name).type for name in row})
         specs = [
             tables.TableSpec("static", STATIC, ("uri",)),
-            tables.TableSpec("computed", schema, ("path",), empty_schema=EMPTY_FALLBACK),
+            tables.TableSpec("computed", tables.ComputedSchema(parts, _UnionOfColumns()), ("path",), EMPTY_FALLBACK),
         ]
         _ = {
             "static": p | "Static" >> beam.Create(static_rows),
@@ -165,3 +177,27 @@ def test_the_export_writes_its_tables_without_a_flatten_of_rejects_or_a_measurin
     labels = transform_labels(pipeline)
     assert {"Write tables/Shards/Chunk rejects 0", "Write tables/Shards/Chunk rejects 1"} <= labels
     assert not any(label.startswith(("All rejects", "Write tables/Shards/Measure")) for label in labels)
+    assert not any("Merge schema" in label or "schema" in label.split("/")[-1] for label in labels)
+
+
+def test_a_computed_schema_is_the_union_of_its_parts_and_every_shard_has_it(tmp_path, monkeypatch):
+    """The parts are merged where rows get their shards and reach each shard's writer with its first chunk
+    from a bundle: every shard (small chunks, several shards) and the BigQuery schema carry the whole union,
+    even where a shard's own rows lack a column."""
+    from medbeam.io import sharded
+
+    monkeypatch.setattr(sharded, "CHUNK_ITEMS", 3)
+    rows = [{"path": f"p{i:02d}", **({"size": i} if i == 7 else {})} for i in range(40)]
+    options = beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])
+    with beam.Pipeline(options=options) as p:
+        computed = p | beam.Create(rows)
+        parts = computed | "Types" >> beam.Map(lambda row: {name: COMPUTED.field(name).type for name in row})
+        spec = tables.TableSpec("computed", tables.ComputedSchema(parts, _UnionOfColumns()), ("path",))
+        _ = {"computed": computed} | tables.WriteTables(str(tmp_path), [spec], rows_per_shard=8)
+
+    manifest = tables.read_manifest(str(tmp_path), "computed")
+    assert manifest["rows"] == 40 and len(manifest["files"]) == 5
+    assert all(pq.read_schema(shard) == COMPUTED for shard in manifest["files"])
+    assert tables.read_table(str(tmp_path), "computed").column("size").drop_null().to_pylist() == [7]
+    bigquery = json.loads(Path(tables.bigquery_schema_path(str(tmp_path), "computed")).read_text())
+    assert [f["name"] for f in bigquery] == ["path", "size"]

@@ -18,6 +18,13 @@ of its own on the local runner) comes before the chunks'. The chunk step also em
 a side output, read as one multimap side input per chunk step: the items then go from their producers
 straight to the shard step, without a measuring step (and another stage) in between.
 
+A group may have a summary that every shard needs, computed from parts that come from elsewhere (the
+metadata table's schema: the union of each parse bundle's column types). The shard step merges the parts
+(a side input it reads anyway, once per worker) and sends the result along with the first chunk it gives
+each shard in a bundle; the writer passes it to the finishing step beside the shard's path. So a summary
+costs no combining step, no grouping stage and no side input for the writers: a CombineGlobally and its
+side input cost the local runner ~15-20 ms a run (of a one-file export's ~80).
+
 Items travel in chunks (a bundle's items of one group, up to CHUNK_ITEMS or CHUNK_BYTES), not one by one:
 every step an element takes (measure, shard, shuffle: encoded, grouped, decoded) costs Beam's per-element
 path, ~70 µs a row when each row went alone (a table row of `medbeam infer`: ~15 % of a small model's
@@ -38,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.pvalue import AsMultiMap, PCollection, TaggedOutput
+from apache_beam.pvalue import AsIter, AsMultiMap, PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 #: most items in one chunk, and most bytes (by ShardFormat.chunk_bytes) before a chunk is flushed
@@ -46,6 +53,8 @@ CHUNK_ITEMS = 256
 CHUNK_BYTES = 4 << 20
 #: the chunk step's side output: (group, the chunk's contribution to its group's size), one per chunk
 SIZES = "sizes"
+#: where a group's summary (ShardedWrite's `summaries`) reaches the format's write_chunks and finish: `side`
+SUMMARY = "summary"
 
 
 def stable_shard(key: str, num_shards: int) -> int:
@@ -59,7 +68,8 @@ def stable_shard(key: str, num_shards: int) -> int:
 
 
 class ShardFormat:
-    """What a format supplies to ShardedWrite; picklable. `side` holds the extra side inputs, by name."""
+    """What a format supplies to ShardedWrite; picklable. `side` holds the extra side inputs, by name, and
+    for a group with a summary, that summary under SUMMARY."""
 
     def pack(self, group: str, item: Any) -> Any:
         """The item as it travels from the Tag step to `write` (a compact form of it, if the format has one)."""
@@ -174,37 +184,67 @@ class _GroupSizes:
         return total
 
 
-class _AssignShard(beam.DoFn):
-    """A chunk → one ((group, shard, shard count), chunk) per shard its items land in. The only step that
-    reads the sizes: the count travels in the key, so the writers and the finishing step need no side input
-    of sizes (each side input costs every run two pickles, and each reader its own read)."""
+#: ((group, shard index, shard count), (the group's summary or None, a chunk)): what the shard step emits
+_ShardPiece = tuple[tuple[str, int, int], tuple[Any, Any]]
 
-    def __init__(self, fmt: ShardFormat):
+
+class _AssignShard(beam.DoFn):
+    """A chunk → one ((group, shard, shard count), (summary or None, chunk)) per shard its items land in.
+    The only step that reads the sizes and the summaries' parts: the count travels in the key and a group's
+    summary with the first chunk each shard gets from a bundle, so the writers and the finishing step need
+    no side input of their own (each side input costs every run two pickles, and each reader its own read).
+    A bundle's outputs are committed together, so every shard written has its summary."""
+
+    def __init__(self, fmt: ShardFormat, combines: dict[str, tuple[str, beam.CombineFn]]):
+        """`combines`: group → (the keyword its parts come as, the CombineFn that merges them)."""
         self._fmt = fmt
         self._sizes = _GroupSizes()
+        self._combines = combines
+        self._summaries: dict[str, Any] = {}
 
-    def process(self, element: tuple[str, Any], *chunk_sizes: Any) -> Iterator[tuple[tuple[str, int, int], Any]]:
+    def start_bundle(self) -> None:
+        self._carried: set[tuple[str, int]] = set()
+
+    def _summary(self, group: str, parts: dict[str, Any]) -> Any:
+        """The group's summary: its parts merged by its CombineFn, once per group and DoFn instance."""
+        if group not in self._summaries:
+            name, combine = self._combines[group]
+            accumulator = combine.create_accumulator()
+            for part in parts[name]:
+                accumulator = combine.add_input(accumulator, part)
+            self._summaries[group] = combine.extract_output(accumulator)
+        return self._summaries[group]
+
+    def process(self, element: tuple[str, Any], *chunk_sizes: Any, **parts) -> Iterator[_ShardPiece]:
         group, chunk = element
         count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
-        if count == 1:
-            yield (group, 0, count), chunk
-            return
-        for index, part in self._fmt.split_chunk(group, chunk, count):
-            yield (group, index, count), part
+        summary = self._summary(group, parts) if group in self._combines else None
+        pieces = [(0, chunk)] if count == 1 else self._fmt.split_chunk(group, chunk, count)
+        for index, piece in pieces:
+            carries = summary is not None and (group, index) not in self._carried
+            if carries:
+                self._carried.add((group, index))
+            yield (group, index, count), (summary if carries else None, piece)
 
 
 class _WriteShard(beam.DoFn):
-    """A shard's chunks → (group, (the shard's path, its items' size)): the finishing step sums the sizes."""
+    """A shard's chunks → (group, (the shard's path, its items' size, the group's summary or None)): the
+    finishing step sums the sizes and takes the summary from any shard."""
 
     def __init__(self, fmt: ShardFormat):
         self._fmt = fmt
 
     # **side is left unannotated: Beam type-checks an annotated **kwargs against each side input.
-    def process(self, element: tuple[tuple[str, int, int], Iterable[Any]], **side):
-        (group, index, count), chunks = element
-        chunks = list(chunks)
+    def process(self, element: tuple[tuple[str, int, int], Iterable[tuple[Any, Any]]], **side):
+        (group, index, count), values = element
+        summary, chunks = None, []
+        for carried, chunk in values:
+            summary = carried if carried is not None else summary
+            chunks.append(chunk)
+        if summary is not None:
+            side = {**side, SUMMARY: summary}
         size = sum(self._fmt.chunk_size(chunk) for chunk in chunks)
-        yield group, (self._fmt.write_chunks(group, index, count, chunks, side), size)
+        yield group, (self._fmt.write_chunks(group, index, count, chunks, side), size, summary)
 
 
 class _Finish(beam.DoFn):
@@ -213,12 +253,14 @@ class _Finish(beam.DoFn):
         self._groups = groups
 
     def process(self, _: Any, written: Any, **side) -> Iterator[Any]:
-        """`written`: a multimap side input, group → (path, size) of each shard written (none for an empty
-        group)."""
+        """`written`: a multimap side input, group → (path, size, summary) of each shard written (none for an
+        empty group, whose format then has no summary to go by)."""
         for group in self._groups:
             shards = list(written[group])
-            paths = sorted(path for path, _ in shards)
-            yield self._fmt.finish(group, paths, sum(size for _, size in shards), side)
+            paths = sorted(path for path, _, _ in shards)
+            summary = next((s for _, _, s in shards if s is not None), None)
+            group_side = side if summary is None else {**side, SUMMARY: summary}
+            yield self._fmt.finish(group, paths, sum(size for _, size, _ in shards), group_side)
 
 
 class TakesListsOfInputs:
@@ -240,13 +282,23 @@ class ShardedWrite(TakesListsOfInputs, beam.PTransform):
 
     Or `(group, item) pairs | ShardedWrite(fmt, groups=[...])`, for items already tagged with their group
     (one step fewer per group than a dict of PCollections).
+
+    `summaries={group: (parts, combine)}`: the group's summary is `combine` (a CombineFn) over the `parts`
+    PCollection, handed to the format's write_chunks and finish as side[SUMMARY] (see the module's text).
     """
 
-    def __init__(self, fmt: ShardFormat, side: dict[str, Any] | None = None, groups: list[str] | None = None):
+    def __init__(
+        self,
+        fmt: ShardFormat,
+        side: dict[str, Any] | None = None,
+        groups: list[str] | None = None,
+        summaries: dict[str, tuple[PCollection, beam.CombineFn]] | None = None,
+    ):
         super().__init__()
         self._fmt = fmt
         self._side = dict(side or {})
         self._groups = list(groups) if groups is not None else None
+        self._summaries = dict(summaries or {})
 
     def expand(self, items_by_group: Any) -> PCollection:  # dict of PCollections or one; Beam warns on a dict hint
         fmt = self._fmt
@@ -266,9 +318,12 @@ class ShardedWrite(TakesListsOfInputs, beam.PTransform):
             p = chunked[0].chunks.pipeline
         items = chunked[0].chunks if len(chunked) == 1 else [c.chunks for c in chunked] | "All items" >> beam.Flatten()
         sizes = [AsMultiMap(c[SIZES]) for c in chunked]
+        names = {g: f"parts{i}" for i, g in enumerate(self._summaries)}  # keywords: group names may be paths
+        combines = {g: (names[g], combine) for g, (_, combine) in self._summaries.items()}
+        parts = {names[g]: AsIter(pcoll) for g, (pcoll, _) in self._summaries.items()}
         written = (
             items
-            | "Shard" >> beam.ParDo(_AssignShard(self._fmt), *sizes)
+            | "Shard" >> beam.ParDo(_AssignShard(self._fmt, combines), *sizes, **parts)
             | "Group" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(_WriteShard(self._fmt), **self._side)
         )

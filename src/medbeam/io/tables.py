@@ -20,10 +20,10 @@ from typing import Any
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.pvalue import AsDict, PCollection
+from apache_beam.pvalue import PCollection
 
 from medbeam.io import files
-from medbeam.io.sharded import ShardedWrite, ShardFormat, TakesListsOfInputs, split_items
+from medbeam.io.sharded import SUMMARY, ShardedWrite, ShardFormat, TakesListsOfInputs, split_items
 
 MANIFEST = "_manifest.json"
 DEFAULT_ROWS_PER_SHARD = 50_000
@@ -144,18 +144,45 @@ def bigquery_schema(schema: pa.Schema) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class ComputedSchema:
+    """A schema worked out from the data: `combine` (a CombineFn whose output is a pa.Schema) over `parts`
+    (a PCollection: the metadata table's are each parse bundle's column types). Merged where the rows are
+    assigned to shards (io.sharded's summaries): no combining step, stage or side input of its own."""
+
+    parts: PCollection
+    combine: beam.CombineFn
+
+
+class TheOneSchema(beam.CombineFn):
+    """ComputedSchema's combine where the parts are one pa.Schema, worked out by a combine the job needs anyway
+    (`predictions load`'s agreed layout): the table's schema is that one."""
+
+    def create_accumulator(self) -> pa.Schema | None:
+        return None
+
+    def add_input(self, found: pa.Schema | None, schema: pa.Schema) -> pa.Schema:
+        return schema if found is None else found
+
+    def merge_accumulators(self, found: Iterable[pa.Schema | None]) -> pa.Schema | None:
+        return next((schema for schema in found if schema is not None), None)
+
+    def extract_output(self, found: pa.Schema | None) -> pa.Schema:
+        return found if found is not None else pa.schema([])
+
+
+@dataclass(frozen=True)
 class TableSpec:
     """One table of a WriteTables: its name, its schema and the columns its rows are ordered by.
 
-    `schema` is a pa.Schema, or a PCollection holding at most one; when that PCollection is empty
-    (no rows at all), `empty_schema` is the table's schema. `table_dir` places this table in a folder of
+    `schema` is a pa.Schema or a ComputedSchema; when a table has no rows, nothing is computed and
+    `empty_schema` is its schema (by default, `combine` of no parts). `table_dir` places this table in a folder of
     its own instead of the WriteTables one (an output folder's manifest), still sharing its steps. A row's
     shard is a hash of its first key column, or of `shard_columns` when given (rows keyed by (file, line)
     then spread over every shard instead of one shard per file).
     """
 
     name: str
-    schema: Any  # pa.Schema | PCollection
+    schema: pa.Schema | ComputedSchema
     key_columns: tuple[str, ...]
     empty_schema: pa.Schema | None = None
     table_dir: str | None = None
@@ -173,8 +200,10 @@ def _num_shards(row_count: int, rows_per_shard: int) -> int:
     return max(1, math.ceil(row_count / rows_per_shard))
 
 
-def _table_schema(name: str, static: dict[str, pa.Schema], computed: dict[str, pa.Schema] | None) -> pa.Schema:
-    return computed[name] if computed and name in computed else static[name]
+def _table_schema(name: str, static: dict[str, pa.Schema], side: dict[str, Any]) -> pa.Schema:
+    """The computed schema where the table has one (io.sharded's SUMMARY), else its static or empty one."""
+    computed = side.get(SUMMARY)
+    return computed if computed is not None else static[name]
 
 
 class _ParquetTables(ShardFormat):
@@ -233,12 +262,12 @@ class _ParquetTables(ShardFormat):
 
     def write_chunks(self, name: str, index: int, count: int, chunks: Iterable[RowChunk], side: dict[str, Any]) -> str:
         path = shard_path(self._table_dirs[name], name, index, count)
-        schema = _table_schema(name, self._static, side.get("schemas"))
+        schema = _table_schema(name, self._static, side)
         files.write_bytes(path, _chunks_parquet_bytes(chunks, schema))
         return path
 
     def finish(self, name: str, shards: list[str], row_count: int, side: dict[str, Any]) -> str:
-        schema = _table_schema(name, self._static, side.get("schemas"))
+        schema = _table_schema(name, self._static, side)
         table_dir = self._table_dirs[name]
         if not shards:
             empty = shard_path(table_dir, name, 0, 1)
@@ -280,25 +309,17 @@ class WriteTables(TakesListsOfInputs, beam.PTransform):
         names = [spec.name for spec in self._specs]
         if set(rows_by_table) != set(names):
             raise ValueError(f"WriteTables got rows for {sorted(rows_by_table)}, specs for {sorted(names)}")
-        dynamic = [spec for spec in self._specs if isinstance(spec.schema, PCollection)]
-        # Static schemas, and for computed ones the schema to use when none was computed (no rows).
-        static = {
-            spec.name: (spec.empty_schema or pa.schema([])) if isinstance(spec.schema, PCollection) else spec.schema
-            for spec in self._specs
-        }
-        schemas = self._schemas_side_input(dynamic)
-
+        # Static schemas, and for computed ones the schema of a table without rows (nothing computed).
+        static = {spec.name: spec.schema for spec in self._specs if isinstance(spec.schema, pa.Schema)}
+        computed = {spec.name: spec.schema for spec in self._specs if isinstance(spec.schema, ComputedSchema)}
+        for spec in self._specs:
+            if spec.name in computed:
+                combine = computed[spec.name].combine
+                static[spec.name] = spec.empty_schema or combine.extract_output(combine.create_accumulator())
+        summaries = {name: (c.parts, c.combine) for name, c in computed.items()}
         fmt = _ParquetTables(self._table_dirs, self._specs, static, self._rows_per_shard)
-        return {name: rows_by_table[name] for name in names} | "Shards" >> ShardedWrite(fmt, schemas)
-
-    @staticmethod
-    def _schemas_side_input(dynamic: list[TableSpec]) -> dict[str, Any]:
-        """The computed schemas as a `schemas={name: schema}` side input; none when all are static."""
-        if not dynamic:
-            return {}
-        keyed = [spec.schema | f"Key {spec.name} schema" >> beam.Map(lambda s, n=spec.name: (n, s)) for spec in dynamic]
-        found = keyed[0] if len(keyed) == 1 else keyed | "All schemas" >> beam.Flatten()
-        return {"schemas": AsDict(found)}
+        rows = {name: rows_by_table[name] for name in names}
+        return rows | "Shards" >> ShardedWrite(fmt, summaries=summaries)
 
 
 class WriteTable(beam.PTransform):
@@ -308,7 +329,7 @@ class WriteTable(beam.PTransform):
         self,
         table_dir: str,
         name: str,
-        schema: pa.Schema | PCollection,
+        schema: pa.Schema | ComputedSchema,
         key_columns: tuple[str, ...],
         rows_per_shard: int = DEFAULT_ROWS_PER_SHARD,
         empty_schema: pa.Schema | None = None,

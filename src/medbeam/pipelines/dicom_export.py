@@ -1,7 +1,7 @@
 """DICOM files → metadata table (Parquet, DuckDB, BigQuery schema) + rendered PNGs + rejects.
 
     match files → reshuffle → parse + render ─┬─ rows ──────────────┐
-      (one read per file; PNGs into         ├─ column types → schema ─→ WriteTables(dicom_metadata,
+      (one read per file; PNGs into         ├─ each bundle's column types ─→ WriteTables(dicom_metadata,
        {png_dir}/_medbeam/staging)          ├─ (instance, copy, rendered?) → group by instance ─┐
                                              │    move the first rendered copy into place ┴─→ PNGs ─→ ReplaceOutputs
                                              └─ rejects (+ duplicates, pixel/write errors) ─→         rejects)
@@ -11,7 +11,8 @@ do, so a shuffle stays cheap on any runner and the DirectRunner's in-memory stag
 staged file is named by its source file, so no two workers write one file; the move of the chosen copy is
 the only write of an output path. Where staging does not pay (TFRecords without a PNG folder, a PNG folder
 on gs:// or s3://, see stages_pngs) the header pass groups candidates and the chosen copy is read again and
-rendered.
+rendered. The table's schema is the union of every parse bundle's column types, merged where the rows are
+given their shards (io.tables.ComputedSchema): no combine stage of its own.
 
 Output locations are checked (a probe file) before any work starts. The PNG tree is manifested in
 `{png_dir}/_medbeam/outputs/`; a rerun removes the PNGs the previous run wrote and this one did not
@@ -199,9 +200,6 @@ def build(
         ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
 
-    merge = MergeSchemaFn()
-    schema = parsed[TYPES] | "Merge schema" >> beam.CombineGlobally(merge).without_defaults()
-
     rejects = [parsed[REJECTS]]
     if stager is not None:
         rendered = (
@@ -228,9 +226,8 @@ def build(
     if config.tfrecord_prefix is not None:
         _write_examples(p, config, examples)
     table_specs = [
-        tables.TableSpec(
-            METADATA_TABLE, schema, ("path",), empty_schema=merge.extract_output(merge.create_accumulator())
-        ),
+        # Each parse bundle's column types, merged where the rows are given their shards: no combine stage.
+        tables.TableSpec(METADATA_TABLE, tables.ComputedSchema(parsed[TYPES], MergeSchemaFn()), ("path",)),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
     rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects}

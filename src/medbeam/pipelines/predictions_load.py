@@ -156,7 +156,13 @@ def build(p: beam.Pipeline, config: PredictionsLoadConfig, ticker: ProgressTicke
     schema = layout | "Schema" >> beam.Map(table_schema)
     empty = pred.agree(pred.Tally()).schema()
     specs = [
-        tables.TableSpec(config.table, schema, (pred.SOURCE, pred.LINE), empty, shard_columns=(pred.SOURCE, pred.LINE)),
+        tables.TableSpec(
+            config.table,
+            tables.ComputedSchema(schema, tables.TheOneSchema()),
+            (pred.SOURCE, pred.LINE),
+            empty,
+            shard_columns=(pred.SOURCE, pred.LINE),
+        ),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
     rows = {

@@ -14,6 +14,7 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import GlobalWindows
 
 from medbeam.dicom.identity import RenderSource, instance_key, is_lossy, png_paths
 from medbeam.dicom.metadata import instance_row, merge_column_types, table_schema
@@ -207,15 +208,22 @@ class ParseDicomFn(beam.DoFn):
         self._opener.setup()
 
     def start_bundle(self) -> None:
-        # Column types repeat from file to file: each distinct set goes out once per bundle, which spares
-        # the schema merge (and any encoding of pyarrow types, ~0.5 ms per row) for the repeats. Looked up by
-        # the column names, then compared as dicts: the scalar types are shared objects, so equal in one
-        # identity test each (a frozenset of the items hashed every pyarrow type: ~17 µs a CT row).
+        # Column types repeat from file to file: each distinct set is merged into the bundle's column types
+        # once, which spares the merge for the repeats. Looked up by the column names, then compared as
+        # dicts: the scalar types are shared objects, so equal in one identity test each (a frozenset of the
+        # items hashed every pyarrow type: ~17 µs a CT row). The bundle's types go out once, at its end: the
+        # schema's parts (io.tables.ComputedSchema) are one per bundle, however mixed the files.
         self._types_sent: dict[tuple[str, ...], list[dict[str, pa.DataType]]] = {}
+        self._bundle_types: dict[str, pa.DataType] = {}
+
+    def finish_bundle(self) -> Iterator[Any]:
+        if self._bundle_types:
+            yield TaggedOutput(TYPES, GlobalWindows.windowed_value(self._bundle_types))
+        self._bundle_types = {}
 
     def first_with_its_types(self, types: dict[str, pa.DataType]) -> bool:
         """Whether no row of this bundle had these column types yet (remembered: the first
-        TYPES_PER_NAMES sets per list of names; after that, every one is sent, which only costs the merge)."""
+        TYPES_PER_NAMES sets per list of names; after that, every one is merged again, which costs the merge)."""
         sent = self._types_sent.setdefault(tuple(types), [])
         if any(types == earlier for earlier in sent):
             return False
@@ -233,7 +241,11 @@ class ParseDicomFn(beam.DoFn):
             stage = "parse" if isinstance(exc, NotDicomError) else "read"
             outputs = [TaggedOutput(REJECTS, reject(path, stage, exc))]
         self._ticker.tick()
-        yield from outputs
+        for output in outputs:  # a parsed file's new column types join the bundle's (see start_bundle)
+            if isinstance(output, TaggedOutput) and output.tag == TYPES:
+                self._bundle_types = merge_column_types(self._bundle_types, output.value)
+            else:
+                yield output
 
     def _parse(self, path: str, size: int | None) -> Iterator[Any]:
         with self._opener.open(path) as fp:
