@@ -42,6 +42,7 @@ def test_a_bundle_sends_its_column_types_once_at_its_end_merged(tmp_path):
 
     from medbeam.dicom.metadata import instance_row, merge_column_types
     from medbeam.dicom.reader import read_dataset
+    from medbeam.io.sharded import SummaryPart
     from medbeam.transforms.dicom import TYPES
     from medbeam.transforms.progress import ProgressTicker
     from tests.helpers import TEST_FILES
@@ -54,8 +55,8 @@ def test_a_bundle_sends_its_column_types_once_at_its_end_merged(tmp_path):
     outputs = [out for path in paths * 2 for out in fn.process((path, None))]
     assert not any(isinstance(out, TaggedOutput) and out.tag == TYPES for out in outputs)
     assert sum(isinstance(out, dict) for out in outputs) == 4  # rows: CT and MR, twice
-    (sent,) = list(fn.finish_bundle())
-    assert sent.tag == TYPES
+    (sent,) = list(fn.finish_bundle())  # among the rows: the table's schema part (io.tables.ComputedSchema)
+    assert isinstance(sent.value, SummaryPart)
     expected: dict = {}
     for path in paths[::2]:
         with open(path, "rb") as fp:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from medbeam.io import tables
+from medbeam.io.sharded import SummaryPart
 from tests.helpers import transform_labels
 
 STATIC = pa.schema([("uri", pa.string()), ("n", pa.int64())])
@@ -33,17 +34,20 @@ class _UnionOfColumns(beam.CombineFn):
         return pa.schema([f for f in COMPUTED if f.name in acc])
 
 
+def _types_part(row: dict) -> SummaryPart:
+    return SummaryPart({name: COMPUTED.field(name).type for name in row})
+
+
 def _write(out: Path, static_rows: list[dict], computed_rows: list[dict], rows_per_shard: int) -> None:
     with beam.Pipeline(options=beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])) as p:
         computed = p | "Computed" >> beam.Create(computed_rows)
-        parts = computed | "Types" >> beam.Map(lambda row: {name: COMPUTED.field(name).type for name in row})
         specs = [
             tables.TableSpec("static", STATIC, ("uri",)),
-            tables.TableSpec("computed", tables.ComputedSchema(parts, _UnionOfColumns()), ("path",), EMPTY_FALLBACK),
+            tables.TableSpec("computed", tables.ComputedSchema(_UnionOfColumns()), ("path",), EMPTY_FALLBACK),
         ]
         _ = {
             "static": p | "Static" >> beam.Create(static_rows),
-            "computed": computed,
+            "computed": [computed, computed | "Types" >> beam.Map(_types_part)],
         } | tables.WriteTables(str(out), specs, rows_per_shard)
 
 
@@ -181,9 +185,10 @@ def test_the_export_writes_its_tables_without_a_flatten_of_rejects_or_a_measurin
 
 
 def test_a_computed_schema_is_the_union_of_its_parts_and_every_shard_has_it(tmp_path, monkeypatch):
-    """The parts are merged where rows get their shards and reach each shard's writer with its first chunk
-    from a bundle: every shard (small chunks, several shards) and the BigQuery schema carry the whole union,
-    even where a shard's own rows lack a column."""
+    """The parts (SummaryPart elements among the rows, from any of their steps) are not rows: they are merged
+    where rows get their shards and reach each shard's writer with its first chunk from a bundle. Every shard
+    (small chunks, several shards) and the BigQuery schema carry the whole union, even where a shard's own
+    rows lack a column."""
     from medbeam.io import sharded
 
     monkeypatch.setattr(sharded, "CHUNK_ITEMS", 3)
@@ -191,9 +196,11 @@ def test_a_computed_schema_is_the_union_of_its_parts_and_every_shard_has_it(tmp_
     options = beam.options.pipeline_options.PipelineOptions(["--runner=FnApiRunner"])
     with beam.Pipeline(options=options) as p:
         computed = p | beam.Create(rows)
-        parts = computed | "Types" >> beam.Map(lambda row: {name: COMPUTED.field(name).type for name in row})
-        spec = tables.TableSpec("computed", tables.ComputedSchema(parts, _UnionOfColumns()), ("path",))
-        _ = {"computed": computed} | tables.WriteTables(str(tmp_path), [spec], rows_per_shard=8)
+        spec = tables.TableSpec("computed", tables.ComputedSchema(_UnionOfColumns()), ("path",))
+        # the parts: among the rows themselves (as the export's parse step sends them) and from another step
+        mixed = computed | "With parts" >> beam.FlatMap(lambda row: [row, _types_part(row)][: 1 + ("size" in row)])
+        later = computed | "Later parts" >> beam.Map(_types_part)
+        _ = {"computed": [mixed, later]} | tables.WriteTables(str(tmp_path), [spec], rows_per_shard=8)
 
     manifest = tables.read_manifest(str(tmp_path), "computed")
     assert manifest["rows"] == 40 and len(manifest["files"]) == 5

@@ -18,12 +18,14 @@ of its own on the local runner) comes before the chunks'. The chunk step also em
 a side output, read as one multimap side input per chunk step: the items then go from their producers
 straight to the shard step, without a measuring step (and another stage) in between.
 
-A group may have a summary that every shard needs, computed from parts that come from elsewhere (the
-metadata table's schema: the union of each parse bundle's column types). The shard step merges the parts
-(a side input it reads anyway, once per worker) and sends the result along with the first chunk it gives
-each shard in a bundle; the writer passes it to the finishing step beside the shard's path. So a summary
-costs no combining step, no grouping stage and no side input for the writers: a CombineGlobally and its
-side input cost the local runner ~15-20 ms a run (of a one-file export's ~80).
+A group may have a summary that every shard needs, merged from parts that travel among its items as
+SummaryPart elements (the metadata table's schema: each parse bundle's column types, sent by the parse
+step at the bundle's end). The chunk step passes a part on beside the chunk sizes, the shard step merges
+the parts of its group with the sizes (a side input it reads anyway, once per worker) and sends the result
+along with the first chunk it gives each shard in a bundle; the writer passes it to the finishing step
+beside the shard's path. So a summary costs no combining step, no grouping stage and no side input of
+its own: a CombineGlobally and its side input cost the local runner ~20 ms a run (of a one-file
+export's ~90), a side input of the parts alone ~9 ms.
 
 Items travel in chunks (a bundle's items of one group, up to CHUNK_ITEMS or CHUNK_BYTES), not one by one:
 every step an element takes (measure, shard, shuffle: encoded, grouped, decoded) costs Beam's per-element
@@ -42,19 +44,28 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.pvalue import AsIter, AsMultiMap, PCollection, TaggedOutput
+from apache_beam.pvalue import AsMultiMap, PCollection, TaggedOutput
 from apache_beam.transforms.window import GlobalWindows
 
 #: most items in one chunk, and most bytes (by ShardFormat.chunk_bytes) before a chunk is flushed
 CHUNK_ITEMS = 256
 CHUNK_BYTES = 4 << 20
-#: the chunk step's side output: (group, the chunk's contribution to its group's size), one per chunk
+#: the chunk step's side output: (group, the chunk's contribution to its group's size), one per chunk,
+#: and (group, SummaryPart) for each part among the group's items
 SIZES = "sizes"
 #: where a group's summary (ShardedWrite's `summaries`) reaches the format's write_chunks and finish: `side`
 SUMMARY = "summary"
+
+
+@dataclass(frozen=True)
+class SummaryPart:
+    """Among a group's items, not an item but a part of the group's summary (ShardedWrite's `summaries`)."""
+
+    value: Any
 
 
 def stable_shard(key: str, num_shards: int) -> int:
@@ -149,6 +160,9 @@ class _Chunk(beam.DoFn):
 
     def process(self, element: Any) -> Iterator[tuple[str, Any]]:
         group, item = element if self._group is None else (self._group, element)
+        if isinstance(item, SummaryPart):  # passed on with the sizes, to the shard step
+            yield TaggedOutput(SIZES, (group, item))
+            return
         if self._pack:
             item = self._fmt.pack(group, item)
         items, size = self._chunks.setdefault(group, ([], [0]))
@@ -170,18 +184,28 @@ class _Chunk(beam.DoFn):
 
 class _GroupSizes:
     """Each group's size: the sum of its chunks' sizes, which arrive as multimap side inputs (one per chunk
-    step: group → one size per chunk), worked out once per group and DoFn instance (a batch side input is
-    final before the step that reads it starts). Multimaps, not a CombinePerKey into a dict: no grouping
-    stage of their own."""
+    step: group → one size per chunk, and the group's SummaryParts), worked out once per group and DoFn
+    instance (a batch side input is final before the step that reads it starts), and its summary: its
+    CombineFn over its parts. Multimaps, not a CombinePerKey into a dict: no grouping stage of their own."""
 
-    def __init__(self) -> None:
-        self._sums: dict[str, int] = {}
+    def __init__(self, combines: dict[str, beam.CombineFn]) -> None:
+        self._combines = combines
+        self._known: dict[str, tuple[int, Any]] = {}
 
-    def of(self, group: str, chunk_sizes: tuple[Any, ...]) -> int:
-        total = self._sums.get(group)
-        if total is None:
-            total = self._sums[group] = sum(size for sizes in chunk_sizes for size in sizes[group])
-        return total
+    def of(self, group: str, chunk_sizes: tuple[Any, ...]) -> tuple[int, Any]:
+        """(the group's size, its summary or None)."""
+        known = self._known.get(group)
+        if known is None:
+            combine = self._combines.get(group)
+            total, accumulator = 0, combine.create_accumulator() if combine is not None else None
+            for sizes in chunk_sizes:
+                for size in sizes[group]:
+                    if not isinstance(size, SummaryPart):
+                        total += size
+                    elif combine is not None:
+                        accumulator = combine.add_input(accumulator, size.value)
+            known = self._known[group] = (total, combine.extract_output(accumulator) if combine else None)
+        return known
 
 
 #: ((group, shard index, shard count), (the group's summary or None, a chunk)): what the shard step emits
@@ -195,30 +219,17 @@ class _AssignShard(beam.DoFn):
     no side input of their own (each side input costs every run two pickles, and each reader its own read).
     A bundle's outputs are committed together, so every shard written has its summary."""
 
-    def __init__(self, fmt: ShardFormat, combines: dict[str, tuple[str, beam.CombineFn]]):
-        """`combines`: group → (the keyword its parts come as, the CombineFn that merges them)."""
+    def __init__(self, fmt: ShardFormat, combines: dict[str, beam.CombineFn]):
         self._fmt = fmt
-        self._sizes = _GroupSizes()
-        self._combines = combines
-        self._summaries: dict[str, Any] = {}
+        self._sizes = _GroupSizes(combines)
 
     def start_bundle(self) -> None:
         self._carried: set[tuple[str, int]] = set()
 
-    def _summary(self, group: str, parts: dict[str, Any]) -> Any:
-        """The group's summary: its parts merged by its CombineFn, once per group and DoFn instance."""
-        if group not in self._summaries:
-            name, combine = self._combines[group]
-            accumulator = combine.create_accumulator()
-            for part in parts[name]:
-                accumulator = combine.add_input(accumulator, part)
-            self._summaries[group] = combine.extract_output(accumulator)
-        return self._summaries[group]
-
-    def process(self, element: tuple[str, Any], *chunk_sizes: Any, **parts) -> Iterator[_ShardPiece]:
+    def process(self, element: tuple[str, Any], *chunk_sizes: Any) -> Iterator[_ShardPiece]:
         group, chunk = element
-        count = self._fmt.shard_count(group, self._sizes.of(group, chunk_sizes))
-        summary = self._summary(group, parts) if group in self._combines else None
+        size, summary = self._sizes.of(group, chunk_sizes)
+        count = self._fmt.shard_count(group, size)
         pieces = [(0, chunk)] if count == 1 else self._fmt.split_chunk(group, chunk, count)
         for index, piece in pieces:
             carries = summary is not None and (group, index) not in self._carried
@@ -283,8 +294,9 @@ class ShardedWrite(TakesListsOfInputs, beam.PTransform):
     Or `(group, item) pairs | ShardedWrite(fmt, groups=[...])`, for items already tagged with their group
     (one step fewer per group than a dict of PCollections).
 
-    `summaries={group: (parts, combine)}`: the group's summary is `combine` (a CombineFn) over the `parts`
-    PCollection, handed to the format's write_chunks and finish as side[SUMMARY] (see the module's text).
+    `summaries={group: combine}`: the group's summary is `combine` (a CombineFn) over the values of the
+    SummaryParts among its items, handed to the format's write_chunks and finish as side[SUMMARY] (see the
+    module's text); a group without parts has the CombineFn's output for none.
     """
 
     def __init__(
@@ -292,7 +304,7 @@ class ShardedWrite(TakesListsOfInputs, beam.PTransform):
         fmt: ShardFormat,
         side: dict[str, Any] | None = None,
         groups: list[str] | None = None,
-        summaries: dict[str, tuple[PCollection, beam.CombineFn]] | None = None,
+        summaries: dict[str, beam.CombineFn] | None = None,
     ):
         super().__init__()
         self._fmt = fmt
@@ -318,12 +330,9 @@ class ShardedWrite(TakesListsOfInputs, beam.PTransform):
             p = chunked[0].chunks.pipeline
         items = chunked[0].chunks if len(chunked) == 1 else [c.chunks for c in chunked] | "All items" >> beam.Flatten()
         sizes = [AsMultiMap(c[SIZES]) for c in chunked]
-        names = {g: f"parts{i}" for i, g in enumerate(self._summaries)}  # keywords: group names may be paths
-        combines = {g: (names[g], combine) for g, (_, combine) in self._summaries.items()}
-        parts = {names[g]: AsIter(pcoll) for g, (pcoll, _) in self._summaries.items()}
         written = (
             items
-            | "Shard" >> beam.ParDo(_AssignShard(self._fmt, combines), *sizes, **parts)
+            | "Shard" >> beam.ParDo(_AssignShard(self._fmt, self._summaries), *sizes)
             | "Group" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(_WriteShard(self._fmt), **self._side)
         )

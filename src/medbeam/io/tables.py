@@ -145,17 +145,18 @@ def bigquery_schema(schema: pa.Schema) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True)
 class ComputedSchema:
-    """A schema worked out from the data: `combine` (a CombineFn whose output is a pa.Schema) over `parts`
-    (a PCollection: the metadata table's are each parse bundle's column types). Merged where the rows are
-    assigned to shards (io.sharded's summaries): no combining step, stage or side input of its own."""
+    """A schema worked out from the data: `combine` (a CombineFn whose output is a pa.Schema) over the values
+    of the io.sharded.SummaryPart elements among the table's rows (the metadata table's: each parse bundle's
+    column types, from the parse step itself; or a PCollection of them given as one more source of the
+    table's rows). Merged where the rows are assigned to shards (io.sharded's summaries): no combining
+    step, stage or side input of its own."""
 
-    parts: PCollection
     combine: beam.CombineFn
 
 
 class TheOneSchema(beam.CombineFn):
     """ComputedSchema's combine where the parts are one pa.Schema, worked out by a combine the job needs anyway
-    (`predictions load`'s agreed layout): the table's schema is that one."""
+    (`predictions load`'s agreed layout, sent among the rows as a SummaryPart): the table's schema is it."""
 
     def create_accumulator(self) -> pa.Schema | None:
         return None
@@ -316,7 +317,7 @@ class WriteTables(TakesListsOfInputs, beam.PTransform):
             if spec.name in computed:
                 combine = computed[spec.name].combine
                 static[spec.name] = spec.empty_schema or combine.extract_output(combine.create_accumulator())
-        summaries = {name: (c.parts, c.combine) for name, c in computed.items()}
+        summaries = {name: c.combine for name, c in computed.items()}
         fmt = _ParquetTables(self._table_dirs, self._specs, static, self._rows_per_shard)
         rows = {name: rows_by_table[name] for name in names}
         return rows | "Shards" >> ShardedWrite(fmt, summaries=summaries)

@@ -37,7 +37,6 @@ from medbeam.transforms.dicom import (
     IMAGES,
     NAMESPACE,
     REJECTS,
-    TYPES,
     WRITTEN,
     DicomwebOpener,
     EnumerateStoreFn,
@@ -197,7 +196,7 @@ def build(
                 candidate_ticker,
                 stager,
             )
-        ).with_outputs(TYPES, IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
+        ).with_outputs(IMAGES, REJECTS, EXAMPLES, WRITTEN, main="rows")
     )
 
     rejects = [parsed[REJECTS]]
@@ -226,8 +225,9 @@ def build(
     if config.tfrecord_prefix is not None:
         _write_examples(p, config, examples)
     table_specs = [
-        # Each parse bundle's column types, merged where the rows are given their shards: no combine stage.
-        tables.TableSpec(METADATA_TABLE, tables.ComputedSchema(parsed[TYPES], MergeSchemaFn()), ("path",)),
+        # Each parse bundle's column types come among the rows (its last element), merged where the rows are
+        # given their shards: no combine stage.
+        tables.TableSpec(METADATA_TABLE, tables.ComputedSchema(MergeSchemaFn()), ("path",)),
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
     rows = {METADATA_TABLE: parsed.rows, REJECTS_TABLE: rejects}

@@ -26,6 +26,7 @@ from apache_beam.pvalue import AsSingleton
 
 from medbeam.io import archives, files, tables
 from medbeam.io import predictions as pred
+from medbeam.io.sharded import SummaryPart
 from medbeam.pipelines import runner
 from medbeam.transforms.errors import REJECT_SCHEMA, REJECTS_TABLE
 from medbeam.transforms.predictions import (
@@ -158,7 +159,7 @@ def build(p: beam.Pipeline, config: PredictionsLoadConfig, ticker: ProgressTicke
     specs = [
         tables.TableSpec(
             config.table,
-            tables.ComputedSchema(schema, tables.TheOneSchema()),
+            tables.ComputedSchema(tables.TheOneSchema()),
             (pred.SOURCE, pred.LINE),
             empty,
             shard_columns=(pred.SOURCE, pred.LINE),
@@ -166,7 +167,7 @@ def build(p: beam.Pipeline, config: PredictionsLoadConfig, ticker: ProgressTicke
         tables.TableSpec(REJECTS_TABLE, REJECT_SCHEMA, ("uri", "stage")),
     ]
     rows = {
-        config.table: converted.rows,
+        config.table: [converted.rows, schema | "Schema part" >> beam.Map(SummaryPart)],
         REJECTS_TABLE: [read[REJECTS], converted[REJECTS]],
     }
     manifests = rows | "Write tables" >> tables.WriteTables(config.parquet_dir, specs, config.rows_per_shard)

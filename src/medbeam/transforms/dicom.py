@@ -21,6 +21,7 @@ from medbeam.dicom.metadata import instance_row, merge_column_types, table_schem
 from medbeam.dicom.reader import DEFER_SIZE, NotDicomError, read_dataset
 from medbeam.dicom.render import RenderOptions, has_pixel_data, render_png_frames
 from medbeam.io import files
+from medbeam.io.sharded import SummaryPart
 from medbeam.transforms.errors import reject
 from medbeam.transforms.progress import ProgressTicker
 from medbeam.worker import quiet_pydicom, tune_allocator_for_large_images
@@ -211,14 +212,14 @@ class ParseDicomFn(beam.DoFn):
         # Column types repeat from file to file: each distinct set is merged into the bundle's column types
         # once, which spares the merge for the repeats. Looked up by the column names, then compared as
         # dicts: the scalar types are shared objects, so equal in one identity test each (a frozenset of the
-        # items hashed every pyarrow type: ~17 µs a CT row). The bundle's types go out once, at its end: the
-        # schema's parts (io.tables.ComputedSchema) are one per bundle, however mixed the files.
+        # items hashed every pyarrow type: ~17 µs a CT row). The bundle's types go out once, at its end, among
+        # the rows as the table's schema part (io.tables.ComputedSchema): one per bundle, however mixed.
         self._types_sent: dict[tuple[str, ...], list[dict[str, pa.DataType]]] = {}
         self._bundle_types: dict[str, pa.DataType] = {}
 
     def finish_bundle(self) -> Iterator[Any]:
         if self._bundle_types:
-            yield TaggedOutput(TYPES, GlobalWindows.windowed_value(self._bundle_types))
+            yield GlobalWindows.windowed_value(SummaryPart(self._bundle_types))
         self._bundle_types = {}
 
     def first_with_its_types(self, types: dict[str, pa.DataType]) -> bool:
