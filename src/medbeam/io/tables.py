@@ -311,13 +311,14 @@ class WriteTables(TakesListsOfInputs, beam.PTransform):
         if set(rows_by_table) != set(names):
             raise ValueError(f"WriteTables got rows for {sorted(rows_by_table)}, specs for {sorted(names)}")
         # Static schemas, and for computed ones the schema of a table without rows (nothing computed).
-        static = {spec.name: spec.schema for spec in self._specs if isinstance(spec.schema, pa.Schema)}
-        computed = {spec.name: spec.schema for spec in self._specs if isinstance(spec.schema, ComputedSchema)}
+        static: dict[str, pa.Schema] = {}
+        summaries: dict[str, beam.CombineFn] = {}
         for spec in self._specs:
-            if spec.name in computed:
-                combine = computed[spec.name].combine
+            if isinstance(spec.schema, ComputedSchema):
+                combine = summaries[spec.name] = spec.schema.combine
                 static[spec.name] = spec.empty_schema or combine.extract_output(combine.create_accumulator())
-        summaries = {name: c.combine for name, c in computed.items()}
+            else:
+                static[spec.name] = spec.schema
         fmt = _ParquetTables(self._table_dirs, self._specs, static, self._rows_per_shard)
         rows = {name: rows_by_table[name] for name in names}
         return rows | "Shards" >> ShardedWrite(fmt, summaries=summaries)

@@ -11,7 +11,6 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import FileMetadata
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
@@ -156,9 +155,3 @@ class PlanBatchesFn(beam.DoFn):
         _, refs = element
         ordered = sorted(refs, key=lambda r: r.path)
         yield from plan_batches(ordered, self._max_instances, self._max_bytes)
-
-
-def path_and_size(match: FileMetadata) -> Iterator[tuple[str, int]]:
-    """A matched file → (path, size); folders are left out."""
-    if not match.path.endswith("/"):
-        yield match.path, match.size_in_bytes
